@@ -17,6 +17,12 @@ import orjson
 TMP_SUFFIX = ".tmp"
 
 
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """The hidden temporary name that `path` is written under before its rename."""
+    final = Path(path)
+    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on clean exit fsync it and rename it onto `path`.
@@ -25,7 +31,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
+    tmp = temporary_path(final)
     try:
         yield tmp
         with open(tmp, "rb") as handle:

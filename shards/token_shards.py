@@ -22,6 +22,7 @@ record exists is complete.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from array import array
@@ -249,12 +250,14 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
             f"implies {expected}",
             "the index is truncated or its counts disagree",
         )
+    with open(path, "rb") as handle:
+        buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     offset = _HEADER.size
-    lengths = np.memmap(path, dtype="<i4", mode="r", offset=offset, shape=(count,)) if count else np.zeros(0, "<i4")
+    lengths = np.frombuffer(buffer, dtype="<i4", count=count, offset=offset)
     offset += count * 4
-    pointers = np.memmap(path, dtype="<i8", mode="r", offset=offset, shape=(count,)) if count else np.zeros(0, "<i8")
+    pointers = np.frombuffer(buffer, dtype="<i8", count=count, offset=offset)
     offset += count * 8
-    documents = np.memmap(path, dtype="<i8", mode="r", offset=offset, shape=(doc_count,))
+    documents = np.frombuffer(buffer, dtype="<i8", count=doc_count, offset=offset)
     return ShardIndex(path, np.dtype(DTYPE_CODES[code]), lengths, pointers, documents)
 
 
@@ -278,15 +281,16 @@ class TokenShards:
                     prefix = prefix[: -len(suffix)]
             self.prefixes = [prefix]
         self._indexes = [read_index(prefix + IDX_SUFFIX) for prefix in self.prefixes]
-        self._bins: list[np.ndarray] = []
-        for prefix, index in zip(self.prefixes, self._indexes):
+        self._bins: list[Any] = []
+        for prefix in self.prefixes:
             bin_path = Path(prefix + BIN_SUFFIX)
             if not bin_path.exists():
                 raise ShardFormatError(str(bin_path), "token file does not exist")
-            size = bin_path.stat().st_size
-            self._bins.append(
-                np.memmap(bin_path, dtype=index.dtype, mode="r") if size else np.zeros(0, index.dtype)
-            )
+            with open(bin_path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                # A plain mmap + np.frombuffer per read: np.memmap slicing costs ~4x more per document.
+                self._bins.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+        self._single = len(self.prefixes) == 1
         counts = np.array([idx.sequence_count for idx in self._indexes], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
 
@@ -301,10 +305,16 @@ class TokenShards:
         return shard, i - int(self._starts[shard])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        shard, local = self.locate(int(i))
+        if self._single:
+            shard, local = 0, int(i)
+            if local < 0 or local >= len(self._indexes[0].lengths):
+                raise IndexError(f"document {i} out of range 0..{len(self) - 1}")
+        else:
+            shard, local = self.locate(int(i))
         index = self._indexes[shard]
-        start = int(index.pointers[local]) // index.dtype.itemsize
-        return self._bins[shard][start : start + int(index.lengths[local])]
+        return np.frombuffer(
+            self._bins[shard], dtype=index.dtype, count=int(index.lengths[local]), offset=int(index.pointers[local])
+        )
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):

@@ -1,0 +1,413 @@
+"""The ingest stage: raw files -> documents -> token shards per source, with a manifest, on Ray.
+
+Three phases, each resumable and each deterministic whatever the number of workers:
+
+1. **Per file** (Ray actors, one file per task): read -> normalize -> language ID -> quality ->
+   tokenize, plus the exact-dedup hash and MinHash signature of every kept document. Each file's
+   result is a complete "work shard" under `OUT/work/<file key>/`, written atomically and sealed by a
+   `done.json` holding the file's drop counts. A rerun skips files whose `done.json` exists.
+2. **Global dedup** (driver + Ray tasks over LSH partitions): exact duplicates by text hash, then
+   MinHash LSH near-duplicates, across all sources. The first occurrence in input order survives an
+   exact duplicate; near-duplicate clusters keep one survivor by the documented rule (pipeline/dedup).
+3. **Final shards**: the kept documents of each source, in input order, copied into
+   `OUT/<source>/<source>-NNNNN.{bin,idx,...}`, then `OUT/manifest.json` (written last).
+
+Tokenizing before dedup reads every raw file exactly once; the price is tokenizing documents that
+are later dropped as duplicates (a few percent on web data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from common.atomic import atomic_write_json
+from common.config import to_dict
+from common.errors import ConfigError, GLMCorpusError
+from common.progress import Progress
+from pipeline import special_tokens
+from pipeline.dedup.config import DedupConfig
+from pipeline.document import DropLog
+from pipeline.langid import LangIdConfig
+from pipeline.quality import QualityConfig
+from shards.token_shards import TokenShards, TokenShardWriter
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = "work"
+DONE_FILE = "done.json"
+MANIFEST = "manifest.json"
+SOURCE_OF_FORMAT = {"pile": "pile", "wudao": "wudao", "warc": "crawl", "wet": "crawl", "jsonl": "crawl"}
+WORK_EXTRA_SCHEMA = [
+    pa.field("text_hash", pa.binary(16)),
+    pa.field("text_chars", pa.int64()),
+    pa.field("meta", pa.string()),
+]
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    """Everything `glm-corpus ingest` needs; loadable from the `ingest` section of a run config."""
+
+    inputs: list[str] = dataclasses.field(default_factory=list)
+    out: str = ""
+    tokenizer: str | None = None
+    workers: int = 2
+    ray_address: str | None = None
+    object_store_mb: int = 256
+    format: str | None = None
+    strict: bool = False
+    batch_size: int = 256
+    shard_max_tokens: int = 1 << 28
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Optional source name per input path (prefix match); default: by format (pile, wudao, crawl)."""
+    langid: LangIdConfig = dataclasses.field(default_factory=LangIdConfig)
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    path: str
+    format: str
+    source: str
+    size: int
+
+    @property
+    def key(self) -> str:
+        """A directory name for this file's work: readable, and unique by the path's hash."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.path).name)[:60]
+        return f"{stem}-{xxhash.xxh64_hexdigest(self.path)[:12]}"
+
+
+def discover_inputs(config: IngestConfig) -> list[InputFile]:
+    """Expand directories, detect formats and sources; sorted by path so the order is deterministic."""
+    from pipeline.readers.detect import detect_format
+
+    paths: list[Path] = []
+    for item in config.inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ConfigError(f"input {item} does not exist")
+    files = []
+    for path in sorted(set(paths), key=str):
+        if path.suffix in {".md", ".html", ".py"}:  # documentation beside data files
+            continue
+        fmt = config.format or detect_format(path)
+        if fmt is None:
+            log.warning("skipping %s: not a recognised input format (use --format to force one)", path)
+            continue
+        source = SOURCE_OF_FORMAT[fmt]
+        for prefix, name in config.sources.items():
+            if str(path).startswith(prefix):
+                source = name
+        files.append(InputFile(str(path), fmt, source, path.stat().st_size))
+    if not files:
+        raise ConfigError(f"no input files found in {', '.join(config.inputs)}")
+    return files
+
+
+class FileWorker:
+    """Processes whole files; one instance per Ray worker holds the loaded models (never pickled)."""
+
+    def __init__(self, config_dict: dict[str, Any]) -> None:
+        from common.config import from_mapping
+
+        self.config = from_mapping(IngestConfig, config_dict)
+        self._models: dict[str, Any] = {}
+
+    def _get(self, name: str) -> Any:
+        if name not in self._models:
+            if name == "tokenizer":
+                from pipeline.tokenizer import GLMTokenizer
+
+                self._models[name] = GLMTokenizer(self.config.tokenizer)
+            elif name == "minhash":
+                from pipeline.dedup.signatures import SignatureMaker
+
+                self._models[name] = SignatureMaker(self.config.dedup)
+        return self._models[name]
+
+    def process(self, file: InputFile, work_root: str) -> dict[str, Any]:
+        """Run the per-document steps on one file and write its work shard; return its summary."""
+        from pipeline.langid import LangIdStep
+        from pipeline.normalize import NormalizeStep
+        from pipeline.quality import QualityStep
+        from pipeline.readers import make_reader
+
+        config = self.config
+        work = Path(work_root) / file.key
+        started = time.perf_counter()
+        drops = DropLog(strict=config.strict)
+        reader = make_reader(file.format)
+        steps = [NormalizeStep(), LangIdStep(config.langid, source=file.source), QualityStep(config.quality)]
+        docs = reader.read(file.path, drops)
+        for step in steps:
+            docs = step.run(docs, drops)
+
+        tokenizer = self._get("tokenizer")
+        signer = self._get("minhash") if config.dedup.enabled else None
+        signatures: list[np.ndarray] = []
+        langs: Counter[str] = Counter()
+        tokens_out = 0
+        chars_out = 0
+        writer = TokenShardWriter(work / "docs", extra_schema=WORK_EXTRA_SCHEMA)
+        try:
+            batch: list[Any] = []
+
+            def flush() -> None:
+                nonlocal tokens_out, chars_out
+                if not batch:
+                    return
+                texts = [doc.text for doc in batch]
+                encoded = tokenizer.encode_batch(texts)
+                if signer is not None:
+                    signatures.append(signer.signatures(texts))
+                for doc, ids in zip(batch, encoded):
+                    ids = np.append(np.asarray(ids, dtype=np.int32), np.int32(special_tokens.EOD))
+                    writer.add(
+                        ids,
+                        doc_id=doc.doc_id,
+                        source=doc.source,
+                        input_file=doc.input_file,
+                        offset=doc.offset,
+                        lang=doc.lang,
+                        quality=doc.quality,
+                        text_hash=xxhash.xxh3_128_digest(doc.text.encode("utf-8")),
+                        text_chars=len(doc.text),
+                        meta=orjson.dumps(doc.meta, option=orjson.OPT_SORT_KEYS).decode(),
+                    )
+                    langs[doc.lang] += 1
+                    tokens_out += len(ids)
+                    chars_out += len(doc.text)
+                batch.clear()
+
+            for doc in docs:
+                doc.source = file.source
+                batch.append(doc)
+                if len(batch) >= config.batch_size:
+                    flush()
+            flush()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        if signer is not None:
+            matrix = np.concatenate(signatures) if signatures else np.zeros((0, config.dedup.num_perm), np.uint32)
+            _save_npy(work / "signatures.npy", matrix)
+        read_stats = getattr(reader, "stats", None)
+        summary = {
+            "file": dataclasses.asdict(file),
+            "docs_in": len(writer) + drops.total(),
+            "docs_kept": len(writer),
+            "bytes_in": file.size,
+            "chars_out": chars_out,
+            "tokens_out": tokens_out,
+            "langs": dict(sorted(langs.items())),
+            "drops": drops.to_dict(),
+            "steps": {step.name: step.stats.to_dict() for step in steps},
+            "reader": read_stats.to_dict() if hasattr(read_stats, "to_dict") else {},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        atomic_write_json(work / DONE_FILE, summary)
+        return summary
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from common.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the whole ingest stage; return the manifest."""
+    if not config.out:
+        raise ConfigError("ingest needs an output directory (--out)")
+    from pipeline.tokenizer import GLMTokenizer
+
+    GLMTokenizer(config.tokenizer)  # fail now, clearly, rather than inside every worker
+    out = Path(config.out)
+    work_root = out / WORK_DIR
+    files = discover_inputs(config)
+    started = time.perf_counter()
+
+    pending = [f for f in files if not _done(work_root / f.key, f)]
+    if len(pending) < len(files):
+        log.info("resuming: %d of %d files already processed", len(files) - len(pending), len(files))
+    if pending:
+        _process_files(config, pending, work_root, progress)
+    summaries = [orjson.loads((work_root / f.key / DONE_FILE).read_bytes()) for f in files]
+
+    decisions = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
+    manifest = _write_final_shards(config, files, summaries, decisions, work_root, out, progress)
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _done(work: Path, file: InputFile) -> bool:
+    done = work / DONE_FILE
+    if not done.exists():
+        return False
+    recorded = orjson.loads(done.read_bytes()).get("file", {})
+    return recorded.get("size") == file.size and recorded.get("format") == file.format
+
+
+def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path, progress: bool) -> None:
+    from pipeline.ray_runtime import ensure_ray
+
+    ray = ensure_ray(config.workers, config.ray_address, config.object_store_mb)
+    config_dict = to_dict(config)
+    actor_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(FileWorker)
+    workers = [actor_cls.remote(config_dict) for _ in range(max(1, min(config.workers, len(files))))]
+    # Largest files first so the last task to finish is a small one.
+    queue = sorted(files, key=lambda f: (-f.size, f.path))
+    in_flight: dict[Any, tuple[Any, InputFile]] = {}
+    with Progress("ingest", total=len(files), unit="file", enabled=progress) as bar:
+        idle = list(workers)
+        while queue or in_flight:
+            while queue and idle:
+                worker = idle.pop()
+                file = queue.pop(0)
+                in_flight[worker.process.remote(file, str(work_root))] = (worker, file)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            worker, file = in_flight.pop(ready[0])
+            try:
+                summary = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, GLMCorpusError) else None
+                if cause is not None:
+                    raise cause from None
+                raise
+            idle.append(worker)
+            bar.update(1, bytes=file.size, tokens=summary["tokens_out"])
+    for worker in workers:
+        ray.kill(worker)
+
+
+def _deduplicate(config: IngestConfig, files: list[InputFile], work_root: Path, progress: bool) -> dict[str, Any]:
+    """Global exact + near dedup over every file's work shard; returns per-file keep masks and listings."""
+    from pipeline.dedup.global_dedup import deduplicate_work_shards
+
+    return deduplicate_work_shards(
+        config.dedup,
+        [work_root / f.key for f in files],
+        [f.source for f in files],
+        out=Path(config.out) / "dedup",
+        workers=config.workers,
+        progress=progress,
+    )
+
+
+def _write_final_shards(
+    config: IngestConfig,
+    files: list[InputFile],
+    summaries: list[dict[str, Any]],
+    decisions: dict[str, Any] | None,
+    work_root: Path,
+    out: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    sources: dict[str, dict[str, Any]] = {}
+    by_source: dict[str, list[int]] = {}
+    for i, file in enumerate(files):
+        by_source.setdefault(file.source, []).append(i)
+    with Progress("write shards", total=len(files), unit="file", enabled=progress) as bar:
+        for source in sorted(by_source):
+            entry = sources[source] = {
+                "docs_in": 0, "docs_out": 0, "dropped": Counter(), "bytes_in": 0, "tokens_out": 0,
+                "langs": Counter(), "files": [], "shards": [], "stages": {},
+            }
+            shard_no = 0
+            writer: TokenShardWriter | None = None
+            for i in by_source[source]:
+                file, summary = files[i], summaries[i]
+                work = TokenShards(work_root / file.key / "docs")
+                table = work.provenance
+                keep = np.ones(len(work), dtype=bool)
+                cluster = np.full(len(work), -1, dtype=np.int64)
+                if decisions is not None:
+                    keep = decisions["keep"][i]
+                    cluster = decisions["cluster_id"][i]
+                    for reason, mask in decisions["dropped_masks"][i].items():
+                        if mask.any():
+                            entry["dropped"][reason] += int(mask.sum())
+                entry["docs_in"] += summary["docs_in"]
+                entry["bytes_in"] += summary["bytes_in"]
+                entry["dropped"].update(summary["drops"]["dropped"])
+                for name, stats in summary["steps"].items():
+                    agg = entry["stages"].setdefault(name, {"docs_in": 0, "docs_out": 0, "seconds": 0.0})
+                    agg["docs_in"] += stats["docs_in"]
+                    agg["docs_out"] += stats["docs_out"]
+                    agg["seconds"] = round(agg["seconds"] + stats["seconds"], 6)
+                entry["files"].append(file.path)
+                columns = {name: table.column(name).to_pylist() for name in
+                           ("doc_id", "source", "input_file", "offset", "lang", "quality", "meta")}
+                for j in np.flatnonzero(keep):
+                    tokens = work[int(j)]
+                    if writer is None or writer_tokens + len(tokens) > config.shard_max_tokens and len(writer):
+                        if writer is not None:
+                            writer.close()
+                        prefix = f"{source}/{source}-{shard_no:05d}"
+                        entry["shards"].append(prefix)
+                        writer = TokenShardWriter(out / prefix, extra_schema=[pa.field("meta", pa.string())])
+                        writer_tokens = 0
+                        shard_no += 1
+                    writer.add(
+                        tokens,
+                        doc_id=columns["doc_id"][j], source=source, input_file=columns["input_file"][j],
+                        offset=columns["offset"][j], lang=columns["lang"][j], quality=columns["quality"][j],
+                        cluster_id=int(cluster[j]), meta=columns["meta"][j],
+                    )
+                    writer_tokens += len(tokens)
+                    entry["docs_out"] += 1
+                    entry["tokens_out"] += len(tokens)
+                    entry["langs"][columns["lang"][j]] += 1
+                bar.update(1)
+            if writer is not None:
+                writer.close()
+            entry["dropped"] = dict(sorted(entry["dropped"].items()))
+            entry["langs"] = dict(sorted(entry["langs"].items()))
+    totals = {
+        key: sum(entry[key] for entry in sources.values())
+        for key in ("docs_in", "docs_out", "bytes_in", "tokens_out")
+    }
+    manifest = {
+        "out": str(out),
+        "tokenizer": config.tokenizer,
+        "sources": sources,
+        "totals": totals,
+        "drop_examples": {
+            Path(f.path).name: s["drops"]["examples"] for f, s in zip(files, summaries) if s["drops"]["examples"]
+        },
+        "dedup": decisions["summary"] if decisions is not None else {"enabled": False},
+        "config": to_dict(config),
+    }
+    return manifest
+
+
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    return orjson.loads((Path(out) / MANIFEST).read_bytes())
+
+
+def write_dropped_listing(path: Path, rows: dict[str, list[Any]]) -> None:
+    from common.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(rows), tmp, compression="zstd")

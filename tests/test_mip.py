@@ -193,11 +193,15 @@ def tokenizer(tmp_path_factory):
         for i in range(300)
     ]
     lines += [
-        "( John ; instance of ; human ) Dataset : conll04 Task : Named Entity Recognition Sentence :"
+        "( John ; instance of ; human ) Dataset : conll04 Task : Named Entity Recognition Sentence : John .",
+        "Is it True or False? Can we infer that it is True? Yes",
     ] * 50
+    from pydoc_data.topics import topics  # enough varied English for a 1000-piece vocabulary
+
+    lines += [topics[name] for name in sorted(topics)[:40]]
     corpus.write_text("\n".join(lines), encoding="utf-8")
     model = folder / "ice_text.model"
-    train_tokenizer([corpus], model, vocab_size=300)
+    train_tokenizer([corpus], model, vocab_size=1000)
     return GLMTokenizer(str(model))
 
 
@@ -514,6 +518,12 @@ def _stage_inputs(root: Path) -> list[Path]:
         root / "p3" / "super_glue_rte_must_be_true" / "validation.jsonl",
         [p3("Is it True or False?", "True"), b"{oops"],
     )
+    folder = root / "p3" / "super_glue_rte_can_we_infer"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"inputs_pretokenized": ["Can we infer that it is True?"], "targets_pretokenized": ["Yes"]}),
+        folder / "train.parquet",
+    )
     write_jsonl(root / "p3" / "private_set_x" / "train.jsonl", [p3("q", "a")])
     write_jsonl(
         root / "deepstruct" / "conll04_train.jsonl",
@@ -534,14 +544,14 @@ def test_stage_writes_mip_shards_that_round_trip_with_exact_prompt_len(tmp_path,
         inputs=[str(p) for p in inputs], out=str(tmp_path / "out"), seed=3, caps={"super_glue/boolq": 10}
     )
     summary = run_mip(config, tokenizer=tokenizer, progress=False)
-    assert summary["examples_out"] == 10 + 1 + 1
+    assert summary["examples_out"] == 10 + 2 + 1
     assert summary["unknown_rejected"] == ["private_set_x"]
 
     examples, _ = read_all(inputs, default_registry())
     by_location = {(e.input_file, e.offset): e for e in examples}
     shards = TokenShards(tmp_path / "out" / "shards")
     rows = shards.provenance.to_pylist()
-    assert len(shards) == len(rows) == 12
+    assert len(shards) == len(rows) == 13
     for i, row in enumerate(rows):
         example = by_location[(row["input_file"], row["offset"])]
         ids = np.asarray(shards[i])
@@ -606,6 +616,11 @@ def test_stage_writes_mip_shards_that_round_trip_with_exact_prompt_len(tmp_path,
         orjson.loads((tmp_path / "out" / "mip-plan.json").read_bytes())["datasets"]
         == orjson.loads(plan_bytes)["datasets"]
     )
+    # A rerun without DeepStruct leaves no stale conll04 shard behind.
+    config.inputs = [str(inputs[0])]
+    run_mip(config, tokenizer=tokenizer, progress=False)
+    assert not list((tmp_path / "out" / "shards").glob("conll04*"))
+    assert verify_directory(tmp_path / "out", progress=False)["ok"]
 
 
 def test_cli_mip_demo_and_strict(tmp_path, tokenizer, monkeypatch, capsys):

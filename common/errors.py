@@ -25,10 +25,14 @@ class ShardFormatError(GLMCorpusError):
     def __init__(self, path: str, problem: str, hint: str = "") -> None:
         self.path = str(path)
         self.problem = problem
+        self.hint = hint
         message = f"{self.path}: {problem}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+    def __reduce__(self):  # picklable across Ray workers despite the custom __init__
+        return (type(self), (self.path, self.problem, self.hint))
 
 
 class BadRecordError(GLMCorpusError):
@@ -44,3 +48,6 @@ class BadRecordError(GLMCorpusError):
         if detail:
             message += f": {detail}"
         super().__init__(message)
+
+    def __reduce__(self):  # picklable across Ray workers despite the custom __init__
+        return (type(self), (self.reason, self.path, self.offset, self.detail))

@@ -18,7 +18,7 @@ from pipeline.default_data import build_default_data, tokenizer_training_text
 
 log = logging.getLogger(__name__)
 
-DEMO_VOCAB_SIZE = 32000
+DEMO_VOCAB_SIZE = 16000
 DEMO_ROWS = 1024
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,7 @@ from common.errors import ConfigError, GLMCorpusError
 from common.progress import Progress
 from pipeline import special_tokens
 from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.exact import text_hash
 from pipeline.document import DropLog
 from pipeline.langid import LangIdConfig
 from pipeline.quality import QualityConfig
@@ -70,6 +72,8 @@ class IngestConfig:
     strict: bool = False
     batch_size: int = 256
     shard_max_tokens: int = 1 << 28
+    keep_work: bool = False
+    """Keep the per-file work shards (OUT/work) after the final shards are written."""
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     """Optional source name per input path (prefix match); default: by format (pile, wudao, crawl)."""
     langid: LangIdConfig = dataclasses.field(default_factory=LangIdConfig)
@@ -88,7 +92,7 @@ class InputFile:
     def key(self) -> str:
         """A directory name for this file's work: readable, and unique by the path's hash."""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.path).name)[:60]
-        return f"{stem}-{xxhash.xxh64_hexdigest(self.path)[:12]}"
+        return f"{stem}-{xxhash.xxh64_hexdigest(self.path.encode())[:12]}"
 
 
 def discover_inputs(config: IngestConfig) -> list[InputFile]:
@@ -148,15 +152,16 @@ class FileWorker:
         from pipeline.langid import LangIdStep
         from pipeline.normalize import NormalizeStep
         from pipeline.quality import QualityStep
-        from pipeline.readers import make_reader
+        from pipeline.readers import ReadStats, make_reader
 
         config = self.config
         work = Path(work_root) / file.key
         started = time.perf_counter()
         drops = DropLog(strict=config.strict)
-        reader = make_reader(file.format)
-        steps = [NormalizeStep(), LangIdStep(config.langid, source=file.source), QualityStep(config.quality)]
-        docs = reader.read(file.path, drops)
+        reader = make_reader(file.format, source=file.source)
+        read_stats = ReadStats()
+        steps = [NormalizeStep(), LangIdStep(config.langid), QualityStep(config.quality)]
+        docs = reader.read(file.path, drops, read_stats)
         for step in steps:
             docs = step.run(docs, drops)
 
@@ -188,7 +193,7 @@ class FileWorker:
                         offset=doc.offset,
                         lang=doc.lang,
                         quality=doc.quality,
-                        text_hash=xxhash.xxh3_128_digest(doc.text.encode("utf-8")),
+                        text_hash=text_hash(doc.text),
                         text_chars=len(doc.text),
                         meta=orjson.dumps(doc.meta, option=orjson.OPT_SORT_KEYS).decode(),
                     )
@@ -210,7 +215,6 @@ class FileWorker:
         if signer is not None:
             matrix = np.concatenate(signatures) if signatures else np.zeros((0, config.dedup.num_perm), np.uint32)
             _save_npy(work / "signatures.npy", matrix)
-        read_stats = getattr(reader, "stats", None)
         summary = {
             "file": dataclasses.asdict(file),
             "docs_in": len(writer) + drops.total(),
@@ -221,7 +225,7 @@ class FileWorker:
             "langs": dict(sorted(langs.items())),
             "drops": drops.to_dict(),
             "steps": {step.name: step.stats.to_dict() for step in steps},
-            "reader": read_stats.to_dict() if hasattr(read_stats, "to_dict") else {},
+            "reader": read_stats.to_dict(),
             "seconds": round(time.perf_counter() - started, 3),
         }
         atomic_write_json(work / DONE_FILE, summary)
@@ -246,6 +250,11 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
     work_root = out / WORK_DIR
     files = discover_inputs(config)
     started = time.perf_counter()
+    if (out / MANIFEST).exists():
+        previous = read_manifest(out)
+        if previous.get("inputs") == [dataclasses.asdict(f) for f in files] and previous.get("config") == to_dict(config):
+            log.info("%s is complete for these inputs and config: nothing to do", out / MANIFEST)
+            return previous
 
     pending = [f for f in files if not _done(work_root / f.key, f)]
     if len(pending) < len(files):
@@ -256,8 +265,11 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
 
     decisions = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
     manifest = _write_final_shards(config, files, summaries, decisions, work_root, out, progress)
-    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    manifest["inputs"] = [dataclasses.asdict(f) for f in files]
     atomic_write_json(out / MANIFEST, manifest)
+    if not config.keep_work:
+        shutil.rmtree(work_root, ignore_errors=True)
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
     return manifest
 
 

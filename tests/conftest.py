@@ -29,3 +29,20 @@ def ray_session():
             configure_logging=False,
         )
     yield ray
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny icetk-layout tokenizer model trained once per session (about a second)."""
+    from tests.tokenizer_fixtures import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def small_raw_corpus(tmp_path_factory):
+    """The default corpus at 3% scale, in its three raw formats (with planted duplicates and bad records)."""
+    from pipeline.default_data import build_default_data
+
+    out = tmp_path_factory.mktemp("raw")
+    return out, build_default_data(out, scale=0.03)

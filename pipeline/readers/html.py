@@ -1,0 +1,313 @@
+"""HTML bytes -> main text: charset detection, then a one-pass tag scanner that keeps the readable text.
+
+Charset, in order (what browsers do, minus the guessing they do for legacy pages):
+1. a byte-order mark; 2. the HTTP `Content-Type` charset; 3. `<meta charset>` or
+`<meta http-equiv="Content-Type" content="...; charset=...">` in the first 4 KiB. Labels are mapped as
+the WHATWG Encoding standard does where Python differs: gb2312/gbk/x-gbk/GB_2312-80 -> gb18030 (a
+superset; GBK pages routinely use characters outside GB2312), latin-1/ascii -> cp1252, shift_jis ->
+cp932, euc-kr -> cp949, big5 -> big5hkscs. A declared charset is used if the bytes decode strictly
+with it; else UTF-8 is tried (the most common mislabel); else the declared charset with replacement.
+4. Undeclared: UTF-8 if the bytes decode strictly; else `charset_normalizer` when it is importable (it
+is installed as a dependency of `requests`); else GB18030 if strict decoding works; else cp1252.
+Replacement characters from a lossy decode are removed and `meta["charset_errors"]` is set.
+
+Text extraction (regex tokenizer, no DOM; ~10x faster than html.parser and good enough for filtering):
+- dropped with their content: script, style, noscript, template, textarea, iframe, object, svg, math,
+  title (kept apart as the page title), and, with `drop_boilerplate`, the navigation-like elements
+  nav, aside, footer, menu, select, button, dialog, and header outside article/main;
+- block elements (p, div, li, h1-h6, tr, br, ...) end a line; table cells are separated by a space;
+- whitespace inside a line is collapsed to single spaces (HTML rendering), except in <pre>;
+- entities are decoded (`html.unescape`);
+- a line whose characters are more than `max_link_density` link text (menus, link lists) is dropped;
+- if boilerplate removal leaves nothing (an unclosed <nav> swallows the page), the page is extracted
+  again without it.
+Lines are joined with a single newline.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+
+from pipeline.readers.base import HtmlConfig
+
+# ----------------------------------------------------------------------------------------------------
+# Charset
+
+_WHATWG_ALIASES = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "gb_2312-80": "gb18030",
+    "gb_2312": "gb18030",
+    "csgb2312": "gb18030",
+    "chinese": "gb18030",
+    "iso-ir-58": "gb18030",
+    "gb18030": "gb18030",
+    "big5": "big5hkscs",
+    "x-x-big5": "big5hkscs",
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "l1": "cp1252",
+    "ascii": "cp1252",
+    "us-ascii": "cp1252",
+    "windows-1252": "cp1252",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "ms_kanji": "cp932",
+    "euc-kr": "cp949",
+    "ks_c_5601-1987": "cp949",
+    "utf8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+    # A page that declares UTF-16 in a <meta> is ASCII-compatible by construction.
+    "utf-16": "utf-8",
+    "utf-16le": "utf-8",
+    "utf-16be": "utf-8",
+}
+
+_HTTP_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9_:.+\-]+)", re.I)
+_META_CHARSET = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9_:.+\-]+)", re.I)
+
+
+def normalize_charset(label: str | None) -> str | None:
+    """Python codec name for a charset label, WHATWG-mapped; None when unknown."""
+    if not label:
+        return None
+    label = label.strip().strip("\"'").lower()
+    label = _WHATWG_ALIASES.get(label, label)
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def declared_charset(body: bytes, content_type: str | None) -> str | None:
+    """The charset named by the HTTP header, else by a <meta> tag in the first 4 KiB, else None."""
+    if content_type:
+        match = _HTTP_CHARSET.search(content_type)
+        if match:
+            charset = normalize_charset(match.group(1))
+            if charset:
+                return charset
+    match = _META_CHARSET.search(body, 0, 4096)
+    if match:
+        return normalize_charset(match.group(1).decode("ascii", "replace"))
+    return None
+
+
+def _strict(body: bytes, charset: str) -> str | None:
+    try:
+        return body.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _guess_charset(body: bytes) -> str | None:
+    try:
+        import charset_normalizer
+    except ImportError:
+        return None
+    best = charset_normalizer.from_bytes(body[:65536]).best()
+    return normalize_charset(best.encoding) if best is not None else None
+
+
+def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, str, bool]:
+    """Decode an HTML payload: (text, codec name used, whether undecodable bytes were removed)."""
+    if body.startswith(codecs.BOM_UTF8):
+        text = body[3:].decode("utf-8", "replace")
+        return _without_replacements(text, "utf-8")
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return _without_replacements(body.decode("utf-16", "replace"), "utf-16")
+    declared = declared_charset(body, content_type)
+    if declared is not None:
+        text = _strict(body, declared)
+        if text is not None:
+            return text, declared, False
+        if declared != "utf-8":
+            text = _strict(body, "utf-8")
+            if text is not None:
+                return text, "utf-8", False
+        return _without_replacements(body.decode(declared, "replace"), declared)
+    text = _strict(body, "utf-8")
+    if text is not None:
+        return text, "utf-8", False
+    guessed = _guess_charset(body)
+    if guessed is not None:
+        text = _strict(body, guessed)
+        if text is not None:
+            return text, guessed, False
+        return _without_replacements(body.decode(guessed, "replace"), guessed)
+    text = _strict(body, "gb18030")
+    if text is not None:
+        return text, "gb18030", False
+    return _without_replacements(body.decode("cp1252", "replace"), "cp1252")
+
+
+def _without_replacements(text: str, charset: str) -> tuple[str, str, bool]:
+    had_errors = "\ufffd" in text
+    return (text.replace("\ufffd", "") if had_errors else text), charset, had_errors
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text extraction
+
+_TOKEN = re.compile(
+    r"<!--.*?(?:-->|\Z)"  # comment (unterminated: to the end)
+    r"|<(/?)([A-Za-z][A-Za-z0-9:_-]*)([^>]*)>"  # tag ('>' inside an attribute value is rare: not handled)
+    r"|<[!?][^>]*>"  # doctype, CDATA start, processing instruction
+    r"|[^<]+"  # text
+    r"|<",  # a stray '<' is text
+    re.S,
+)
+# Elements whose content is never text: skipped to their closing tag without tokenizing inside.
+_RAW_TEXT = frozenset(
+    {"script", "style", "textarea", "title", "xmp", "plaintext", "noscript", "template", "iframe"}
+)
+_RAW_END = {name: re.compile(rf"</{name}\s*>", re.I) for name in _RAW_TEXT}
+# Elements skipped with everything inside them (their content is markup, not page text).
+_ALWAYS_SKIP = frozenset({"svg", "math", "object", "head"})
+_BOILERPLATE = frozenset({"nav", "aside", "footer", "menu", "select", "button", "dialog", "header"})
+_CONTENT_ROOTS = frozenset({"article", "main"})
+_BLOCK = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "body", "br", "caption", "center", "dd", "details",
+        "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3",
+        "h4", "h5", "h6", "header", "hr", "html", "li", "main", "nav", "ol", "option", "p", "pre",
+        "section", "summary", "table", "tbody", "tfoot", "thead", "tr", "ul",
+    }
+)  # fmt: skip
+_CELL = frozenset({"td", "th"})
+_VOID = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    }
+)
+_SPACES = re.compile(r"\s+")
+
+
+class _Extraction:
+    __slots__ = ("lines", "pieces", "link_chars", "title")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.pieces: list[str] = []
+        self.link_chars = 0
+        self.title = ""
+
+
+def _end_line(state: _Extraction, max_link_density: float, preserve: bool = False) -> None:
+    """Close the current line: collapse its whitespace (kept as is inside <pre>), keep it unless link-heavy."""
+    if not state.pieces:
+        return
+    line = "".join(state.pieces).rstrip() if preserve else _SPACES.sub(" ", "".join(state.pieces)).strip()
+    if line and not (state.link_chars and state.link_chars > max_link_density * len(line)):
+        state.lines.append(line)
+    state.pieces.clear()
+    state.link_chars = 0
+
+
+def _extract(markup: str, config: HtmlConfig, drop_boilerplate: bool) -> _Extraction:
+    state = _Extraction()
+    max_link_density = config.max_link_density
+    skip_depth: dict[str, int] = {}  # open skipped elements by name
+    skipping = 0  # total open skipped elements
+    content_depth = 0  # open article/main elements
+    anchor_depth = 0
+    pre_depth = 0
+    pos = 0
+    length = len(markup)
+    last_gt = markup.rfind(">")  # past it no tag can close: the rest is text (and no regex rescans it)
+    token_re = _TOKEN
+    while pos < length:
+        if pos > last_gt:
+            if not skipping:
+                state.pieces.append(html.unescape(markup[pos:]))
+            break
+        match = token_re.match(markup, pos)
+        assert match is not None  # the last alternative matches any '<'
+        pos = match.end()
+        name = match.group(2)
+        if name is None:
+            if skipping:
+                continue
+            token = match.group()
+            if token.startswith("<!") or token.startswith("<?"):
+                continue
+            if "&" in token:
+                token = html.unescape(token)
+            if pre_depth:
+                lines = token.split("\n")
+                for line in lines[:-1]:
+                    state.pieces.append(line)
+                    _end_line(state, max_link_density, preserve=True)
+                token = lines[-1]
+            state.pieces.append(token)
+            if anchor_depth:
+                state.link_chars += len(token.strip())
+            continue
+        name = name.lower()
+        closing = bool(match.group(1))
+        if not closing and name in _RAW_TEXT:
+            end = _RAW_END[name].search(markup, pos)
+            inner_end, pos = (end.start(), end.end()) if end else (length, length)
+            if name == "title" and not state.title:
+                state.title = _SPACES.sub(" ", html.unescape(markup[match.end() : inner_end])).strip()
+            continue
+        self_closing = match.group(3).endswith("/") or name in _VOID
+        skip = name in _ALWAYS_SKIP or (
+            drop_boilerplate and name in _BOILERPLATE and not (name == "header" and content_depth)
+        )
+        if skip and not self_closing:
+            if closing:
+                if skip_depth.get(name):
+                    skip_depth[name] -= 1
+                    skipping -= 1
+            else:
+                skip_depth[name] = skip_depth.get(name, 0) + 1
+                skipping += 1
+            if not skipping:
+                _end_line(state, max_link_density)
+            continue
+        if name in _CONTENT_ROOTS:
+            content_depth += -1 if closing else 1
+            content_depth = max(content_depth, 0)
+        if skipping:
+            continue
+        if name in _BLOCK:
+            _end_line(state, max_link_density, preserve=pre_depth > 0)
+            if name == "pre":
+                pre_depth = max(pre_depth + (-1 if closing else 1), 0)
+        elif name in _CELL:
+            state.pieces.append(" ")
+        elif name == "a" and not self_closing:
+            anchor_depth = max(anchor_depth + (-1 if closing else 1), 0)
+    _end_line(state, max_link_density)
+    return state
+
+
+def html_to_text(markup: str, config: HtmlConfig | None = None) -> tuple[str, str]:
+    """The main text of an HTML page (lines joined by newlines) and its <title>."""
+    config = config or HtmlConfig()
+    state = _extract(markup, config, config.drop_boilerplate)
+    if not state.lines and config.drop_boilerplate:
+        state = _extract(markup, config, False)
+    text = "\n".join(state.lines)
+    return text, state.title

@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "masking.commands",  # mask, inspect
     "trainer.commands",  # train
     "shards.commands",  # shards, verify
-    "common.report_command",  # report
+    "report.commands",  # report
 )
 
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # a stage not built yet
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):  # a stage not built yet
                 continue
             raise
         module.register(subparsers)

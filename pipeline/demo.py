@@ -93,10 +93,10 @@ def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str |
         done.append("audit.json")
     if _available("trainer.train") and "train" in done:
         t0 = time.perf_counter()
-        _cli(["train", "--train", str(out / "train"), "--steps", "30", "--out", str(out / "checkpoints")])
+        _cli(["train", "--train", str(out / "train"), "--steps", "20", "--out", str(out / "checkpoints")])
         stage("train")
         done.append("checkpoints")
-    if _available("common.report"):
+    if _available("report.html_report"):
         t0 = time.perf_counter()
         _cli(["report", str(out)])
         stage("report")

@@ -62,7 +62,7 @@ def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str |
     if not model.exists():
         corpus = tokenizer_training_text(raw_summary, out / "tokenizer" / "corpus.txt")
         _cli(["tokenizer", "train", "--input", str(corpus), "--out", str(model),
-              "--vocab-size", str(DEMO_VOCAB_SIZE if scale >= 0.5 else 2000)])
+              "--vocab-size", str(DEMO_VOCAB_SIZE if scale >= 0.5 else 8000)])
     stage("tokenizer")
 
     t0 = time.perf_counter()

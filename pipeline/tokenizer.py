@@ -230,6 +230,7 @@ class GLMTokenizer:
 
     @property
     def pad_id(self) -> int:
+        """0, GLM-130B's padding id (icetk's image token 0)."""
         return PAD
 
     @property

@@ -2,14 +2,16 @@
 
 `LanguageIdentifier` loads the model lazily, on its first call, in the process that uses it: the
 fastText model cannot be pickled, so an instance is created (or shipped unloaded: pickling drops the
-model) into each Ray worker/actor and loads there once.
+model) into each Ray worker/actor and loads there once; loaded models are kept per process by path,
+so the steps built for each input file share one model.
 
 Binding: the installed `fasttext-predict` 0.9.2.4 and the official `fasttext` 0.9.3 both import as
 `fasttext`. Their `FastText.predict(list)` wrappers are unusable here (fasttext-predict: wrong labels
 or ValueError; official: `predict(str)` breaks under numpy 2), so the low-level `model.f` is called:
 `f.multilinePredict(texts, k, threshold, errors)` when it returns probabilities (official 0.9.3:
 `(labels, probs)`), else `f.predict(text, k, threshold, errors)` per text (fasttext-predict's
-`multilinePredict` returns labels without scores). fastText reads one line: newlines become spaces.
+`multilinePredict` returns labels without scores). fastText reads one line: newlines become spaces; runs of CJK characters are spaced from their
+neighbours (`split_cjk`), since fastText's words are whitespace-delimited.
 
 `LangIdStep` labels every document (`doc.lang`, `doc.lang_score`) and drops, as policy
 (`bad_input=False`): `lang_low_confidence` when the top score is below `min_score`, else
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 from typing import Any
 
 from common.errors import ConfigError
@@ -29,6 +32,9 @@ from pipeline.document import Document
 from pipeline.steps import Step
 
 _LABEL_PREFIX = "__label__"
+# Models loaded in this process, by path: a step built per input file does not reload the model.
+_LOADED: dict[str, tuple[Any, bool]] = {}
+_CJK_RUN = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)")
 
 
 def default_model_path() -> str:
@@ -59,6 +65,11 @@ class LangIdConfig:
     # word vectors over the text, so a prefix of a few thousand characters gives the same label for
     # nearly all documents at a fraction of the cost on long ones.
     max_chars: int = 0
+    # Put spaces around runs of CJK characters before prediction. fastText splits words on whitespace
+    # only, so an unspaced Chinese text is one giant "word" glued to its Latin terms and ASCII
+    # punctuation; on the WuDao sample this cuts documents not labeled zh >= 0.5 from 49 to 14 of 2187
+    # (English unchanged), for ~5% more time.
+    split_cjk: bool = True
     # Documents per fastText call.
     batch_size: int = 256
 
@@ -66,9 +77,10 @@ class LangIdConfig:
 class LanguageIdentifier:
     """fastText lid.176 in a picklable wrapper: `identify(texts) -> [(lang, score)]`."""
 
-    def __init__(self, model_path: str = "", max_chars: int = 0) -> None:
+    def __init__(self, model_path: str = "", max_chars: int = 0, split_cjk: bool = True) -> None:
         self.model_path = model_path or default_model_path()
         self.max_chars = max_chars
+        self.split_cjk = split_cjk
         self._model: Any = None
         self._batched = False
 
@@ -84,17 +96,27 @@ class LanguageIdentifier:
             raise ConfigError(
                 "language ID needs fastText: pip install fasttext-predict (or build fasttext==0.9.3)"
             ) from exc
-        model = fasttext.load_model(self.model_path).f
-        probe = model.multilinePredict(["probe text"], 1, 0.0, "replace")
-        # Official fasttext 0.9.3: (labels per text, probabilities per text); fasttext-predict: labels only.
-        self._batched = isinstance(probe, tuple) and len(probe) == 2
-        self._model = model
-        return model
+        cached = _LOADED.get(self.model_path)
+        if cached is None:
+            model = fasttext.load_model(self.model_path).f
+            probe = model.multilinePredict(["probe text"], 1, 0.0, "replace")
+            # Official fasttext 0.9.3: (labels per text, probabilities per text); fasttext-predict: labels.
+            cached = _LOADED[self.model_path] = (model, isinstance(probe, tuple) and len(probe) == 2)
+        self._model, self._batched = cached
+        return self._model
 
     def prepare(self, text: str) -> str:
-        """The single line fastText is given for a document."""
+        """The single line fastText is given for a document: newlines become spaces, CJK runs spaced."""
         if self.max_chars and len(text) > self.max_chars:
             text = text[: self.max_chars]
+        # CJK characters take 3 bytes in UTF-8: a text averaging over 2 bytes per character has many of
+        # them (mostly-Latin text with a few curly quotes skips the regex, which runs at ~90 MB/s).
+        if (
+            self.split_cjk
+            and not text.isascii()
+            and len(text.encode("utf-8", "surrogatepass")) > 2 * len(text)
+        ):
+            text = " ".join(_CJK_RUN.split(text))
         return text.replace("\n", " ")
 
     def predict_lines(self, lines: list[str]) -> list[tuple[str, float]]:
@@ -132,7 +154,9 @@ class LangIdStep(Step):
         super().__init__()
         self.config = config or LangIdConfig()
         self.batch_size = self.config.batch_size  # type: ignore[misc]  # per-instance batching
-        self.identifier = LanguageIdentifier(self.config.model_path, self.config.max_chars)
+        self.identifier = LanguageIdentifier(
+            self.config.model_path, self.config.max_chars, self.config.split_cjk
+        )
         self._expected = {source: frozenset(langs) for source, langs in self.config.expected.items()}
 
     def process_batch(self, batch: list[Document]) -> list[Document]:

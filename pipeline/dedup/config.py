@@ -34,6 +34,8 @@ class DedupConfig:
     partitions: int = 8
     """Shuffle partitions of the band keys: memory per reduce task is about 1/partitions of the total."""
     chunk_docs: int = 32768
+    distributed_min_docs: int = 500_000
+    """Below this many documents the global pass runs in the driver: Ray tasks would cost more than they save."""
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

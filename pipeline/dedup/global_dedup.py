@@ -64,7 +64,8 @@ def deduplicate_work_shards(
     n = int(starts[-1])
     doc_source = np.repeat(np.arange(len(sources)), counts)
     doc_ids = [doc_id for t in tables for doc_id in t.column("doc_id").to_pylist()]
-    mapper = map_fn or (ray_map(workers) if workers > 1 else map)
+    distributed = workers > 1 and n >= config.distributed_min_docs
+    mapper = map_fn or (ray_map(workers) if distributed else map)
 
     reason = np.full(n, "", dtype=object)
     cluster = np.full(n, -1, dtype=np.int64)

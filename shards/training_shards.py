@@ -58,6 +58,7 @@ import xxhash
 
 from common.atomic import atomic_path, atomic_write_json
 from common.errors import ShardFormatError
+from kernels.ranges import concatenated_ranges as _ranges
 from kernels.reconstruct import RowRecipes, reconstruct_batch, reconstruct_reference
 from pipeline.special_tokens import EOD, GMASK, MASK, PAD, SOP
 
@@ -434,14 +435,6 @@ class _Shard:
         return recipes, segment_index
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(start, start + count) for each pair, vectorized."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(total)
 
 
 def _concat_recipes(parts: list[RowRecipes]) -> RowRecipes:

@@ -34,7 +34,6 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build *.egg-info

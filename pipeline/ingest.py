@@ -319,17 +319,28 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
 
 
 def _deduplicate(config: IngestConfig, files: list[InputFile], work_root: Path, progress: bool) -> dict[str, Any]:
-    """Global exact + near dedup over every file's work shard; returns per-file keep masks and listings."""
+    """Global exact + near dedup over every file's work shard; returns per-file keep masks and listings.
+
+    Files are numbered for dedup by `dedup.source_priority`, then path, so a copy in a curated source
+    survives its crawled duplicate; the result is mapped back to input order.
+    """
     from pipeline.dedup.global_dedup import deduplicate_work_shards
 
-    return deduplicate_work_shards(
+    priority = {name: rank for rank, name in enumerate(config.dedup.source_priority)}
+    order = sorted(range(len(files)),
+                   key=lambda i: (priority.get(files[i].source, len(priority)), files[i].source, files[i].path))
+    decisions = deduplicate_work_shards(
         config.dedup,
-        [work_root / f.key for f in files],
-        [f.source for f in files],
+        [work_root / files[i].key for i in order],
+        [files[i].source for i in order],
         out=Path(config.out) / "dedup",
         workers=config.workers,
         progress=progress,
     )
+    position = {file_index: rank for rank, file_index in enumerate(order)}
+    for key in ("keep", "cluster_id", "dropped_masks"):
+        decisions[key] = [decisions[key][position[i]] for i in range(len(files))]
+    return decisions
 
 
 def _write_final_shards(

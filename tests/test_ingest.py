@@ -98,6 +98,8 @@ def test_cross_source_duplicates_are_removed_once(ingested):
     cross = [row for row in listing if row["source"] != row["survivor_source"]]
     # Each planted copy of a Pile/WuDao document is dropped (or its original is), never both.
     assert len(cross) >= planted["exact_from_pile"] + planted["exact_from_wudao"]
+    exact_cross = [row for row in cross if row["reason"] == "duplicate_exact"]
+    assert exact_cross and all(row["source"] == "crawl" for row in exact_cross)  # curated copies survive
     survivors = {row["survivor_doc_id"] for row in listing}
     dropped = {row["doc_id"] for row in listing}
     assert not survivors & dropped

@@ -34,6 +34,10 @@ class DedupConfig:
     partitions: int = 8
     """Shuffle partitions of the band keys: memory per reduce task is about 1/partitions of the total."""
     chunk_docs: int = 32768
+    source_priority: list[str] = dataclasses.field(default_factory=lambda: ["wudao", "pile", "crawl"])
+    """Order in which sources are numbered for dedup: an exact duplicate keeps the copy of the first
+    source listed (curated corpora before crawled copies), and near-duplicate ties go the same way.
+    Sources not listed come after, by name."""
     distributed_min_docs: int = 500_000
     """Below this many documents the global pass runs in the driver: Ray tasks would cost more than they save."""
 

@@ -1,7 +1,7 @@
 """Global dedup over the ingest stage's per-file work shards, on Ray.
 
-Documents are numbered in input order (files sorted by path, records in file order); that number is
-the `doc_order` of every rule below, so the result is the same whatever the number of workers or
+Documents are numbered in the order of the work shards given (the ingest stage passes them by source
+priority, then path; records in file order); that number is the `doc_order` of every rule below, so the result is the same whatever the number of workers or
 partitions. Exact duplicates (same xxh3-128 of the normalized text) keep their first occurrence;
 near duplicates (MinHash LSH, pipeline.dedup.cluster) keep the survivor of their cluster (highest
 quality, then longest, then first). The two never disagree: copies of one text have equal quality and

@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GLMCorpusError as exc:
         print(f"glm-corpus {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, read-only or uncreatable paths: one line naming the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"glm-corpus {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

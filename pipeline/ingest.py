@@ -249,6 +249,7 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(config.out)
     work_root = out / WORK_DIR
     files = discover_inputs(config)
+    _check_writable(out)
     started = time.perf_counter()
     if (out / MANIFEST).exists():
         previous = read_manifest(out)
@@ -276,6 +277,18 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
         shutil.rmtree(work_root, ignore_errors=True)
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     return manifest
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before starting Ray if the output directory cannot be created or written."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output directory {out}: {exc.strerror or exc}") from None
 
 
 def _done(work: Path, file: InputFile) -> bool:
@@ -311,6 +324,9 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
                 cause = exc.cause if isinstance(exc.cause, GLMCorpusError) else None
                 if cause is not None:
                     raise cause from None
+                if isinstance(exc.cause, OSError):  # disk full, permissions: a clear message, no traceback
+                    where = exc.cause.filename or file.path
+                    raise GLMCorpusError(f"{where}: {exc.cause.strerror or exc.cause}") from None
                 raise
             idle.append(worker)
             bar.update(1, bytes=file.size, tokens=summary["tokens_out"])

@@ -158,6 +158,20 @@ class TokenShardWriter:
         if self._closed:
             return self.summary
         self._closed = True
+        try:
+            return self._finish()
+        except BaseException:
+            # Disk full or similar part-way: leave no half-written shard visible (checksum record first).
+            try:
+                self._bin.close()  # may fail again on a full disk; the file is removed below either way
+            except OSError:
+                pass
+            for key in ("checksum", "bin", "idx", "provenance"):
+                self.files[key].unlink(missing_ok=True)
+            self._bin_tmp.unlink(missing_ok=True)
+            raise
+
+    def _finish(self) -> dict[str, Any]:
         self._bin.flush()
         os.fsync(self._bin.fileno())
         self._bin.close()

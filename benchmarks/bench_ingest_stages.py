@@ -6,7 +6,10 @@ Stages (DESIGN §8): read + parse Pile jsonl.zst (target >= 200 MB/s; baseline: 
 stream + `orjson` line loop), WuDao JSON (baseline: `orjson.loads` of the whole file in memory, the
 upper bound), WARC (baseline: warcio iterating the records and reading their payloads, no HTML work),
 normalization, language ID (target >= 0.9x the raw fastText `predict` call on the same texts, model
-loaded once), quality filters (beside the same filters called one document at a time).
+loaded once), quality filters (beside the same filters called one document at a time), tokenize
+(`GLMTokenizer.encode_batch` in batches of 256 documents, as the ingest workers call it, beside a bare
+SentencePiece `encode(list)` of the same batches with the same model: an 8k-piece unigram model trained
+here on the benchmark's own texts, as bench_pipeline does).
 
 Inputs: /work/shared/corpora (pile/pile_sample.jsonl.zst, wudao/*.json, crawl/*.warc.gz) when present,
 generated data otherwise. MB are 10^6 bytes of UTF-8 text (read stages: decompressed bytes scanned).
@@ -38,8 +41,12 @@ from pipeline.langid import LanguageIdentifier
 from pipeline.normalize import normalize
 from pipeline.quality import QualityFilter
 from pipeline.readers import PileReader, WarcReader, WudaoReader
+from pipeline.tokenizer import GLMTokenizer, train_tokenizer
 
 CORPORA = os.environ.get("GLM_CORPUS_CORPORA", "/work/shared/corpora")
+TOKENIZE_BATCH = 256
+"""Documents per `encode_batch` call: the ingest stage's default `batch_size`."""
+TOKENIZER_VOCAB = 8000
 
 
 def best_seconds(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -299,6 +306,28 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "info",
                 )
             )
+
+        # ---- tokenize ---------------------------------------------------------------------------
+        with tempfile.TemporaryDirectory() as model_dir:
+            corpus = os.path.join(model_dir, "corpus.txt")
+            with open(corpus, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(texts))
+            model = train_tokenizer([corpus], os.path.join(model_dir, "ice_text.model"), vocab_size=TOKENIZER_VOCAB)
+            tokenizer = GLMTokenizer(model["model"])
+        processor = tokenizer.sentencepiece
+        batches = [texts[start : start + TOKENIZE_BATCH] for start in range(0, len(texts), TOKENIZE_BATCH)]
+
+        def tokenize_ours() -> None:
+            for batch in batches:
+                tokenizer.encode_batch(batch)
+
+        def tokenize_bare() -> None:
+            for batch in batches:
+                processor.encode(batch, num_threads=1)
+
+        times = best_seconds({"ours": tokenize_ours, "bare": tokenize_bare}, repeats)
+        rows.append(row("tokenize (GLMTokenizer.encode_batch)", source_name, text_mb, len(texts), times["ours"],
+                        "bare SentencePiece encode", times["bare"], ""))  # fmt: skip
     finally:
         if temporary is not None:
             temporary.cleanup()

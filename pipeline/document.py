@@ -35,6 +35,16 @@ class Document:
     def doc_id(self) -> str:
         return f"{self.source}:{self.input_file}:{self.offset}"
 
+    @property
+    def text_bytes(self) -> int:
+        """Size of the text in UTF-8: what the manifest counts as a stage's bytes in and out."""
+        return utf8_size(self.text)
+
+
+def utf8_size(text: str) -> int:
+    """UTF-8 byte length of `text`, without encoding it when it is ASCII (most English text)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
 
 @dataclasses.dataclass
 class DropExample:

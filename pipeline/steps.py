@@ -3,7 +3,9 @@
 A step takes an iterable of documents and yields the ones that go on, possibly changed (normalized text,
 a language label, a quality score). Every document it does not yield is dropped through `Step.drop`,
 which counts it under a named reason in the step's `StepStats` and in the run's `DropLog`, so
-`docs_in == docs_out + sum(dropped.values())` holds per step by construction.
+`docs_in == docs_out + sum(dropped.values())` holds per step by construction. Bytes are the UTF-8 size
+of the texts going in and coming out (a step that rewrites text, such as normalization or line-level
+quality rules, changes them; a pure filter only drops).
 
 Steps see documents in batches (`batch_size`): language ID needs them (one call to fastText per batch),
 and per-document steps get cheap timing (one clock read per batch, upstream time excluded).
@@ -27,11 +29,14 @@ from pipeline.document import Document, DropLog
 
 @dataclasses.dataclass
 class StepStats:
-    """What one step did: documents in and out, drops per reason, extra counters, seconds spent inside it."""
+    """What one step did: documents and UTF-8 text bytes in and out, drops per reason, extra counters,
+    seconds spent inside it."""
 
     name: str
     docs_in: int = 0
     docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
     chars_in: int = 0
     dropped: Counter[str] = dataclasses.field(default_factory=Counter)
     extra: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -40,6 +45,8 @@ class StepStats:
     def merge(self, other: StepStats) -> None:
         self.docs_in += other.docs_in
         self.docs_out += other.docs_out
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
         self.chars_in += other.chars_in
         self.dropped.update(other.dropped)
         self.extra.update(other.extra)
@@ -50,6 +57,8 @@ class StepStats:
             "name": self.name,
             "docs_in": self.docs_in,
             "docs_out": self.docs_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
             "chars_in": self.chars_in,
             "dropped": dict(sorted(self.dropped.items())),
             "extra": dict(sorted(self.extra.items())),
@@ -84,8 +93,10 @@ class Step:
             dropped_before = sum(stats.dropped.values())
             stats.docs_in += len(batch)
             stats.chars_in += sum(len(doc.text) for doc in batch)
+            stats.bytes_in += sum(doc.text_bytes for doc in batch)
             kept = self.process_batch(batch)
             stats.docs_out += len(kept)
+            stats.bytes_out += sum(doc.text_bytes for doc in kept)
             dropped = sum(stats.dropped.values()) - dropped_before
             if len(kept) + dropped != len(batch):
                 raise AssertionError(

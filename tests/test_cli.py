@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+import orjson
 import pytest
 
 from cli import build_parser, main
@@ -57,3 +59,69 @@ def test_errors_are_messages_not_tracebacks(capsys, tmp_path):
     assert main(["verify", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert "glm-corpus verify: error:" in err and "Traceback" not in err
+
+
+def test_tokenizer_train_writes_a_model_that_round_trips(capsys, tmp_path):
+    from pipeline.tokenizer import GLMTokenizer
+    from tests.tokenizer_fixtures import chinese_text, english_text
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(english_text(40_000) + "\n" + chinese_text(8_000), encoding="utf-8")
+    model = tmp_path / "tok" / "ice_text.model"
+    code = main(["tokenizer", "train", "--input", str(corpus), "--out", str(model), "--vocab-size", "400", "--json"])
+    assert code == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["model"] == str(model) and model.is_file()
+    assert summary["vocab_size"] == 400 and 300 <= summary["pieces"] <= 400
+    assert summary["input_bytes"] == corpus.stat().st_size
+
+    tokenizer = GLMTokenizer(model)
+    assert tokenizer.text_vocab_size == summary["pieces"]
+    text = "The committee met again.\n委员会下周将再次开会。\n\tindented    by four"
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert all(20_000 <= i < 20_000 + summary["pieces"] or i in tokenizer.special_ids.values() for i in ids)
+    assert tokenizer.special_ids["<n>"] in ids and tokenizer.special_ids["<t>"] in ids
+
+
+def _rendered_scalars(text: str) -> dict[str, str]:
+    """`key: value` lines of `render_summary` output, nested keys joined with dots."""
+    values, parents = {}, []
+    for line in text.splitlines():
+        if line.lstrip().startswith("- "):  # list items (columns, prefixes)
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        key, _, value = line.strip().partition(":")
+        del parents[depth:]
+        if value.strip():
+            values[".".join([*parents, key])] = value.strip()
+        else:
+            parents.append(key)
+    return values
+
+
+def test_shards_info_text_and_json_describe_the_shard_written(capsys, tmp_path):
+    from shards.token_shards import TokenShardWriter
+
+    documents = [[20_005, 20_006, 150_003], [20_007, 150_003], [20_010] * 6 + [150_003]]
+    sources = ["pile", "pile", "wudao"]
+    prefix = tmp_path / "tokens" / "mixed" / "mixed-00000"
+    with TokenShardWriter(prefix) as writer:
+        for i, (ids, source) in enumerate(zip(documents, sources)):
+            writer.add(np.asarray(ids, dtype=np.int32), doc_id=f"{source}:f:{i}", source=source,
+                       input_file="f.jsonl", offset=i, lang="en")
+
+    assert main(["shards", "info", str(prefix), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["shards"] == 1 and summary["prefixes"] == [str(prefix)]
+    assert summary["documents"] == 3 and summary["tokens"] == 12
+    assert summary["tokens_per_document"] == {"min": 2, "mean": 4.0, "max": 7}
+    assert summary["documents_per_source"] == {"pile": 2, "wudao": 1}
+    assert {"doc_id", "source", "input_file", "offset", "lang"} <= set(summary["provenance_columns"])
+
+    assert main(["shards", "info", str(tmp_path / "tokens")]) == 0  # the directory: same single shard
+    text = _rendered_scalars(capsys.readouterr().out)
+    assert text["shards"] == "1" and text["documents"] == "3" and text["tokens"] == "12"
+    assert {k: float(text[f"tokens_per_document.{k}"]) for k in ("min", "mean", "max")} == \
+        summary["tokens_per_document"]
+    assert text["documents_per_source.pile"] == "2" and text["documents_per_source.wudao"] == "1"

@@ -8,20 +8,27 @@ killed mid-run resumes to identical bytes, and planted cross-source duplicates a
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
-import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from common.progress import Progress
 from pipeline import special_tokens
+from pipeline.document import DropLog
 from pipeline.ingest import IngestConfig, run_ingest
+from pipeline.normalize import NormalizeStep
+from pipeline.quality import QualityFilter
+from pipeline.readers import make_reader
 from pipeline.tokenizer import GLMTokenizer
 from shards.token_shards import TokenShards
 from shards.verify import verify_directory
@@ -59,22 +66,118 @@ def test_manifest_accounts_for_every_record(ingested):
     assert verify_directory(out, progress=False)["ok"]
 
 
-def test_shards_decode_to_the_kept_documents(ingested, tiny_model):
+@pytest.fixture(scope="module")
+def reference_texts(ingested):
+    """Per input document, recomputed here from the raw files with the project's own steps: the text the
+    reader yields, and the text after NormalizeStep (None when normalization dropped it); by (file, offset)."""
+    _, manifest, _ = ingested
+    read, normalized = {}, {}
+    for item in manifest["inputs"]:
+        reader = make_reader(item["format"], source=item["source"])
+        docs = list(reader.read(item["path"], DropLog()))
+        for doc in docs:
+            read[doc.input_file, doc.offset] = doc.text
+        for doc in NormalizeStep().run(docs, DropLog()):
+            normalized[doc.input_file, doc.offset] = doc
+    return read, normalized
+
+
+def test_shards_decode_to_the_kept_documents(ingested, reference_texts, tiny_model):
     out, manifest, _ = ingested
+    _, normalized = reference_texts
     tokenizer = GLMTokenizer(tiny_model)
-    shards = TokenShards(out / "wudao")
-    table = shards.provenance
-    raw = orjson.loads(Path(manifest["inputs"][-1]["path"]).read_bytes())
-    by_index = {i: r for i, r in enumerate(raw)}
-    assert len(shards) == manifest["sources"]["wudao"]["docs_out"]
-    for i in range(0, len(shards), 7):
-        ids = shards[i]
-        assert ids[-1] == special_tokens.EOD
-        record = by_index[table.column("offset")[i].as_py()]
-        text = tokenizer.decode(ids[:-1])
-        assert record["content"].splitlines()[-1] in text
-        assert text.startswith(record["title"])
-        assert table.column("lang")[i].as_py() == "zh"
+    quality = QualityFilter(IngestConfig().quality)
+    expected_langs = {"pile": {"en"}, "wudao": {"zh"}, "crawl": {"en", "zh"}}
+    for source, entry in manifest["sources"].items():
+        shards = TokenShards(out / source)
+        table = shards.provenance.to_pylist()
+        assert len(shards) == entry["docs_out"] > 0, source
+        rewritten = 0
+        for i, row in enumerate(table):
+            ids = shards[i]
+            assert ids[-1] == special_tokens.EOD and special_tokens.EOD not in ids[:-1], row["doc_id"]
+            doc = normalized[row["input_file"], row["offset"]]
+            assert row["doc_id"] == doc.doc_id and row["source"] == source
+            assert row["lang"] in expected_langs[source]
+            # Only the C4 line rules (crawl) rewrite text after normalization; elsewhere the shard holds the
+            # normalized text exactly.
+            text = doc.text
+            if source in quality.config.c4_sources:
+                text = quality.check(doc.text, row["lang"], source).text
+                rewritten += text != doc.text
+            assert tokenizer.decode(ids[:-1]) == text, row["doc_id"]
+        if source not in quality.config.c4_sources:
+            assert rewritten == 0
+
+
+def test_manifest_stages_chain_per_source(ingested, reference_texts):
+    _, manifest, _ = ingested
+    read, normalized = reference_texts
+    chain = ["read", "normalize", "langid", "quality", "tokenize"]
+    for source, entry in manifest["sources"].items():
+        stages = entry["stages"]
+        assert set(stages) == set(chain), source
+        for name in chain:
+            stage = stages[name]
+            assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()), (source, name)
+        for before, after in zip(chain, chain[1:]):
+            assert stages[before]["docs_out"] == stages[after]["docs_in"], (source, before, after)
+            assert stages[before]["bytes_out"] == stages[after]["bytes_in"], (source, before, after)
+        assert stages["read"]["docs_in"] == entry["docs_in"]
+        assert stages["read"]["bytes_in"] == entry["bytes_in"]
+        # Bytes in and out are the UTF-8 size of the texts, recomputed here from the raw files.
+        files = set(entry["files"])
+        assert stages["read"]["bytes_out"] == sum(
+            len(text.encode()) for (path, _), text in read.items() if path in files)
+        assert stages["normalize"]["bytes_out"] == sum(
+            len(doc.text.encode()) for (path, _), doc in normalized.items() if path in files)
+        for name in ("normalize", "langid", "quality"):  # they strip, drop or remove lines: never grow
+            assert stages[name]["bytes_out"] <= stages[name]["bytes_in"], (source, name)
+        assert stages["langid"]["bytes_out"] < stages["langid"]["bytes_in"] or not stages["langid"]["dropped"]
+        tokenize = stages["tokenize"]
+        assert tokenize["bytes_out"] == tokenize["bytes_in"] and tokenize["docs_out"] == tokenize["docs_in"]
+        # Dedup runs after tokenize: it accounts for the rest, and every drop is some stage's or dedup's.
+        assert tokenize["tokens_out"] >= entry["tokens_out"]
+        by_stage = Counter()
+        for name in chain:
+            by_stage.update(stages[name]["dropped"])
+        by_dedup = Counter(entry["dropped"]) - by_stage
+        assert all(reason.startswith("duplicate_") for reason in by_dedup), by_dedup
+        assert tokenize["docs_out"] - sum(by_dedup.values()) == entry["docs_out"]
+        assert by_stage + by_dedup == Counter(entry["dropped"])
+
+
+def test_progress_log_line_shows_docs_and_megabytes_per_second():
+    now = [0.0]
+    stream = io.StringIO()  # not a TTY: periodic log lines instead of a bar
+    bar = Progress("ingest", total=4, unit="file", stream=stream, log_every_s=10.0, clock=lambda: now[0])
+    now[0] = 5.0
+    bar.update(1, bytes=20e6, docs=1000, tokens=2e6)
+    assert stream.getvalue() == ""  # less than log_every_s since the start
+    now[0] = 10.0
+    bar.update(1, bytes=30e6, docs=1500, tokens=3e6)
+    assert stream.getvalue() == "[ingest] 2/4 files, 0.2 file/s, ETA 10s, 250 docs/s, 5.0 MB/s, 5.00M tok\n"
+    now[0] = 12.0
+    bar.update(1, bytes=10e6, docs=500, tokens=1e6)
+    assert stream.getvalue().count("\n") == 1  # the next line is due 10 s after the last one
+    now[0] = 30.0
+    bar.close()
+    assert stream.getvalue().splitlines()[-1] == (
+        "[ingest] 3/4 files, 0.1 file/s, ETA 10s, 100 docs/s, 2.0 MB/s, 6.00M tok (done)"
+    )
+
+
+def test_progress_bar_on_a_terminal_shows_docs_per_second():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = [0.0]
+    stream = Terminal()
+    with Progress("ingest", total=2, unit="file", stream=stream, clock=lambda: now[0]) as bar:
+        now[0] = 4.0
+        bar.update(1, bytes=8e6, docs=2000, tokens=1e6)
+    assert "500 docs/s, 2.0 MB/s, 1.00M tok" in stream.getvalue()
 
 
 def test_megatron_reads_every_shard(ingested):
@@ -133,6 +236,8 @@ def test_killed_driver_resumes_to_identical_shards(ingested, small_raw_corpus, t
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
+    # Off a terminal the progress bar is a log line with documents/s and MB/s (the line on close at least).
+    assert re.search(r"\[ingest\] \d+/\d+ files, .*\d+ docs/s, [\d.]+ MB/s", result.stderr)
     assert shard_digest(tmp_path) == shard_digest(out)
 
 

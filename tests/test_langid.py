@@ -88,24 +88,42 @@ def test_step_drops_by_source_policy():
     assert all(d.lang_score >= 0.5 for d in kept)
 
 
-def test_chinese_page_from_warc_is_zh(tmp_path):
-    page = (
-        "<html><head><meta charset='gb2312'><title>图书馆</title></head><body>"
-        "<p>委员会下周将再次开会，讨论新图书馆的预算。</p><p>大多数成员认为阅览室需要更好的照明，并希望延长开放时间。</p>"
-        "</body></html>"
-    ).encode("gbk")
-    path = tmp_path / "zh.warc.gz"
+def test_chinese_and_english_pages_from_one_warc_are_zh_and_en(tmp_path):
+    pages = [
+        (  # charset only in the page's <meta>: detected, then decoded as GBK
+            "https://zh.example/",
+            "text/html",
+            "gbk",
+            "<html><head><meta charset='gb2312'><title>图书馆</title></head><body>"
+            "<p>委员会下周将再次开会，讨论新图书馆的预算。</p><p>大多数成员认为阅览室需要更好的照明，并希望延长开放时间。</p>"
+            "</body></html>",
+        ),
+        (
+            "https://en.example/",
+            "text/html; charset=utf-8",
+            "utf-8",
+            "<html><head><title>Library</title></head><body>"
+            "<p>The committee will meet again next week to discuss the budget for the new library.</p>"
+            "<p>Most members agreed that the reading rooms need better lighting and longer opening hours.</p>"
+            "</body></html>",
+        ),
+    ]
+    path = tmp_path / "mixed.warc.gz"
     with open(path, "wb") as handle:
         writer = WARCWriter(handle, gzip=True)
-        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-        writer.write_record(
-            writer.create_warc_record(
-                "https://zh.example/", "response", payload=io.BytesIO(page), http_headers=http
-            )
-        )
+        for url, content_type, encoding, page in pages:
+            http = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+            payload = io.BytesIO(page.encode(encoding))
+            writer.write_record(writer.create_warc_record(url, "response", payload=payload, http_headers=http))
     drops = DropLog()
     docs = list(LangIdStep().run(NormalizeStep().run(reader_for(path).read(path, drops), drops), drops))
-    assert [(d.lang, d.source) for d in docs] == [("zh", "crawl")] and drops.total() == 0
+    assert drops.total() == 0
+    assert [(d.meta.get("url"), d.lang, d.source) for d in docs] == [
+        ("https://zh.example/", "zh", "crawl"),
+        ("https://en.example/", "en", "crawl"),
+    ]
+    assert "图书馆的预算" in docs[0].text and "reading rooms need better lighting" in docs[1].text
+    assert all(d.lang_score > 0.5 for d in docs)
 
 
 def test_config_loads_from_yaml(tmp_path):

@@ -127,14 +127,20 @@ def test_verify_rejects_a_flipped_byte(good_shard, capsys):
     assert "checksum mismatch" in capsys.readouterr().err
 
 
-def test_verify_rejects_a_truncated_bin(good_shard):
+def test_verify_rejects_a_truncated_bin(good_shard, capsys):
     path = shard_files(good_shard)["bin"]
+    size = path.stat().st_size
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(ShardFormatError, match="holds .* bytes but the index describes"):
         verify_token_shard(good_shard)
+    run = path.parents[2]  # the run directory: verify finds the shard itself
+    assert cli_main(["verify", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"glm-corpus verify: error: {path}: holds {size - 4} bytes but the index describes {size}" in err
+    assert "Traceback" not in err
 
 
-def test_verify_rejects_an_index_whose_counts_disagree(good_shard):
+def test_verify_rejects_an_index_whose_counts_disagree(good_shard, capsys):
     path = shard_files(good_shard)["idx"]
     data = bytearray(path.read_bytes())
     count = int.from_bytes(data[18:26], "little")
@@ -142,6 +148,10 @@ def test_verify_rejects_an_index_whose_counts_disagree(good_shard):
     path.write_bytes(bytes(data))
     with pytest.raises(ShardFormatError, match="counts disagree"):
         verify_token_shard(good_shard)
+    assert cli_main(["verify", good_shard]) == 1
+    err = capsys.readouterr().err
+    assert f"glm-corpus verify: error: {path}: " in err and "counts disagree" in err
+    assert "Traceback" not in err
 
 
 def test_verify_rejects_a_sidecar_with_missing_rows(good_shard):

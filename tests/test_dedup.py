@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
@@ -147,53 +148,204 @@ def test_explain_prints_parameters_and_the_table():
         lsh.explain(0.8, 128, bands=20, rows=10)
 
 
-# --- catch rate vs the S-curve, on real text ---------------------------------------------------------
+# --- recall and precision vs the S-curve, on generated near duplicates of real text -------------------
 
 
-def _banded_verified_probability(j: float, bands: int, rows: int, num_perm: int, need: int) -> float:
-    """P(some band agrees on all its rows and at least `need` of num_perm rows agree), rows iid Bernoulli(j)."""
-    # dist[flag][k]: probability that k rows agree so far and (flag) some band agreed fully
-    dist = np.zeros((2, num_perm + 1))
+def rate_for_jaccard(similarity: float, ngram: int = 5) -> float:
+    """The edit rate e that leaves about the Jaccard `similarity` between a text and its edited copy.
+
+    An edit touches about `ngram` shingles, so a fraction f = (1 - e)^ngram of them survives, and two
+    sets of n shingles sharing f*n have Jaccard f / (2 - f); solved for e.
+    """
+    return 1.0 - (2.0 * similarity / (1.0 + similarity)) ** (1.0 / ngram)
+
+
+def edited_copy(
+    units: Sequence[str], rate: float, vocabulary: Sequence[str], rng: random.Random
+) -> list[str]:
+    """Each unit, with probability `rate`, replaced by a random vocabulary unit, deleted, or followed by
+    an inserted one (a third each); the others are kept."""
+    out: list[str] = []
+    for unit in units:
+        if rng.random() >= rate:
+            out.append(unit)
+            continue
+        edit = rng.randrange(3)
+        if edit == 0:
+            out.append(rng.choice(vocabulary))
+        elif edit == 2:
+            out += [unit, rng.choice(vocabulary)]
+    return out
+
+
+def controlled_pairs(
+    bases: Sequence[Sequence[str]],
+    vocabulary: Sequence[str],
+    joiner: str,
+    seed: int,
+    similarities: tuple[float, float] = (0.6, 0.97),
+) -> list[tuple[str, str]]:
+    """(base, edited copy) per base; the edit rates aim at Jaccard similarities spread evenly over
+    `similarities`, so the pairs cover the S-curve on both sides of the threshold."""
+    rng = random.Random(seed)
+    targets = np.linspace(*similarities, 31)
+    pairs = []
+    for i, base in enumerate(bases):
+        rate = rate_for_jaccard(targets[i % len(targets)])
+        pairs.append((joiner.join(base), joiner.join(edited_copy(base, rate, vocabulary, rng))))
+    return pairs
+
+
+def verified_catch_probability(
+    similarity: float | np.ndarray, bands: int, rows: int, num_perm: int, need: int
+) -> np.ndarray:
+    """P(some band agrees on all its rows and at least `need` of num_perm rows agree), rows iid Bernoulli(s).
+
+    A dynamic program over the bands, vectorized over the similarities: dist[flag, k, i] is the
+    probability that k rows agree so far and (flag) some band agreed fully, for similarity i.
+    """
+    s = np.atleast_1d(np.asarray(similarity, dtype=np.float64))
+
+    def binomial(n: int) -> np.ndarray:  # [n + 1, len(s)]: P(k of n rows agree)
+        return np.array([math.comb(n, k) * s**k * (1 - s) ** (n - k) for k in range(n + 1)])
+
+    band = binomial(rows)
+    dist = np.zeros((2, num_perm + 1, len(s)))
     dist[0, 0] = 1.0
-    band = np.array([math.comb(rows, k) * j**k * (1 - j) ** (rows - k) for k in range(rows + 1)])
     for _ in range(bands):
         new = np.zeros_like(dist)
         for k in range(rows + 1):
-            shifted = np.roll(dist, k, axis=1) * band[k]
-            shifted[:, :k] = 0
+            shifted = np.zeros_like(dist)
+            shifted[:, k:] = dist[:, : num_perm + 1 - k] * band[k]
             if k == rows:
                 new[1] += shifted[0] + shifted[1]
             else:
                 new += shifted
         dist = new
-    rest = num_perm - bands * rows
-    tail = np.array([math.comb(rest, k) * j**k * (1 - j) ** (rest - k) for k in range(rest + 1)])
-    full = np.convolve(dist[1], tail)[: num_perm + 1]
-    return float(full[need:].sum())
+    rest = binomial(num_perm - bands * rows)
+    full = np.zeros((num_perm + 1, len(s)))
+    for k in range(len(rest)):  # the rows outside the bands
+        full[k:] += dist[1, : num_perm + 1 - k] * rest[k]
+    return full[need:].sum(axis=0)
+
+
+@dataclasses.dataclass
+class Quality:
+    """Measured recall and precision of a set of pairs against the S-curve's prediction.
+
+    Each pair is caught independently with its predicted probability p_i, so the true-positive count
+    X (pairs with J >= t caught) and the false-positive count Y (J < t caught) are sums of independent
+    Bernoullis: E = sum p_i, Var = sum p_i (1 - p_i). Recall X / N has sigma sqrt(Var X) / N; precision
+    X / (X + Y) has, to first order, sigma sqrt(E[Y]^2 Var X + E[X]^2 Var Y) / (E[X] + E[Y])^2.
+    """
+
+    positives: int
+    caught: int
+    recall: float
+    predicted_recall: float
+    recall_sigma: float
+    precision: float
+    predicted_precision: float
+    precision_sigma: float
+    false_positives: int
+    predicted_false_positives: float
+    false_positive_sigma: float
+
+    @classmethod
+    def measure(
+        cls, caught: np.ndarray, similarity: np.ndarray, predicted: np.ndarray, threshold: float
+    ) -> Quality:
+        near = similarity >= threshold
+        tp, fp = int(np.sum(caught & near)), int(np.sum(caught & ~near))
+        mean_tp, mean_fp = float(predicted[near].sum()), float(predicted[~near].sum())
+        var_tp = float(np.sum(predicted[near] * (1 - predicted[near])))
+        var_fp = float(np.sum(predicted[~near] * (1 - predicted[~near])))
+        n = int(near.sum())
+        return cls(
+            positives=n,
+            caught=tp + fp,
+            recall=tp / n,
+            predicted_recall=mean_tp / n,
+            recall_sigma=math.sqrt(var_tp) / n,
+            precision=tp / max(tp + fp, 1),
+            predicted_precision=mean_tp / (mean_tp + mean_fp),
+            precision_sigma=math.sqrt(mean_fp**2 * var_tp + mean_tp**2 * var_fp) / (mean_tp + mean_fp) ** 2,
+            false_positives=fp,
+            predicted_false_positives=mean_fp,
+            false_positive_sigma=math.sqrt(var_fp),
+        )
+
+    def recall_z(self) -> float:
+        return (self.recall - self.predicted_recall) / self.recall_sigma
+
+    def precision_z(self) -> float:
+        return (self.precision - self.predicted_precision) / self.precision_sigma
+
+
+def caught_pairs(labels: np.ndarray) -> np.ndarray:
+    """Per pair (docs 2i, 2i+1): whether the two are in one cluster. Asserts first that no document is
+    clustered with a document of another pair (each cluster is one base and its copy)."""
+    own_pair = np.repeat(np.arange(0, len(labels), 2), 2)
+    linked_elsewhere = (labels >= 0) & (labels != own_pair)
+    assert not linked_elsewhere.any(), f"{int(linked_elsewhere.sum())} documents linked across pairs"
+    return labels[1::2] >= 0
+
+
+@functools.cache
+def quality_test_pairs(language: str) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """600 pairs per language: distinct windows of 60 pydoc words or 150 People's Daily characters, each
+    with one edited copy, and the true Jaccard similarity of each pair's shingle sets."""
+    units: Sequence[str] = english_words() if language == "en" else chinese_chars()
+    joiner = " " if language == "en" else ""
+    bases = _distinct_windows(units, 60 if language == "en" else 150, 600, joiner)
+    pairs = controlled_pairs(bases, units, joiner, seed=21 if language == "en" else 22)
+    return pairs, np.array([jaccard(a, b) for a, b in pairs])
+
+
+def test_verified_catch_probability_limits():
+    s = np.array([0.0, 0.5, 0.8, 0.9, 1.0])
+    # needing no agreement beyond the bands' own, verification changes nothing: the plain S-curve
+    s_curve = lsh.candidate_probability(s, 9, 13)
+    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 0), s_curve)
+    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 13), s_curve)
+    # needing every row is needing s^128
+    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 128), s**128, atol=1e-15)
+    assert np.all(verified_catch_probability(s, 9, 13, 128, 103) <= s_curve + 1e-12)
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
-def test_catch_rate_follows_the_s_curve(language):
-    pairs = near_duplicate_pairs(language, 280, seed=11 if language == "en" else 12)
-    hasher = MinHasher(num_perm=128, seed=1)
-    texts = [t for a, b, _ in pairs for t in (a, b)]
-    sigs = hasher.signatures(texts)
-    truth = np.array([jaccard(a, b) for a, b, _ in pairs])
-    assert truth.min() < 0.6 and truth.max() > 0.9  # the pairs cover the steep part of the curve
-    b, r = lsh.optimal_bands_rows(0.8, 128)
-    need = cluster.min_equal_rows(0.8, 128)
+def test_recall_and_precision_follow_the_s_curve(language):
+    config = DedupConfig()
+    threshold = config.threshold
+    pairs, truth = quality_test_pairs(language)
+    near = truth >= threshold
+    # the generated set straddles the threshold, densely where the curve is steep
+    assert near.sum() >= 200 and (~near).sum() >= 200
+    assert np.sum((truth >= threshold - 0.1) & ~near) >= 80 and np.sum(near & (truth < threshold + 0.1)) >= 80
+    params = lsh.banding(
+        threshold, config.num_perm, config.bands or None, config.rows or None,
+        config.false_positive_weight, config.false_negative_weight,
+    )
+    sigs = SignatureMaker(config).signatures([text for pair in pairs for text in pair])
     for verify in (False, True):
-        result = run_near_dedup(sigs, 0.8, verify=verify, partitions=3)
-        labels = result.cluster_of()
-        caught = (labels[0::2] == labels[1::2]) & (labels[0::2] >= 0)
+        result = run_near_dedup(
+            sigs, threshold, bands=params.bands, rows=params.rows, verify=verify, partitions=3
+        )
+        caught = caught_pairs(result.cluster_of())
         if verify:
-            p = np.array([_banded_verified_probability(j, b, r, 128, need) for j in truth])
+            need = cluster.min_equal_rows(threshold, config.num_perm)
+            predicted = verified_catch_probability(truth, params.bands, params.rows, config.num_perm, need)
         else:
-            p = lsh.candidate_probability(truth, b, r)
-        sigma = math.sqrt(float(np.sum(p * (1 - p))))
-        assert abs(caught.sum() - p.sum()) <= 4 * sigma + 1, (language, verify, caught.sum(), p.sum(), sigma)
-        # no pair is linked to another pair: every cluster is one original and its copy
-        assert np.all(np.bincount(labels[labels >= 0]) <= 2)
+            predicted = lsh.candidate_probability(truth, params.bands, params.rows)
+        q = Quality.measure(caught, truth, predicted, threshold)
+        where = (language, f"verify={verify}", q)
+        # 4 sigma, plus half a pair of continuity correction
+        assert abs(q.recall - q.predicted_recall) <= 4 * q.recall_sigma + 0.5 / q.positives, where
+        assert abs(q.precision - q.predicted_precision) <= 4 * q.precision_sigma + 0.5 / q.caught, where
+        assert abs(q.false_positives - q.predicted_false_positives) <= 4 * q.false_positive_sigma + 0.5, where
+        # sharp enough to matter: the recall it accepts is within +-0.08 of the curve's, and false
+        # positives are expected, so precision is measured below 1
+        assert 4 * q.recall_sigma < 0.08 and q.predicted_false_positives >= 1
 
 
 # --- clustering building blocks -----------------------------------------------------------------------

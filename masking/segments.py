@@ -79,6 +79,12 @@ def _alternating_runs(starts: np.ndarray, ends: np.ndarray, total: int, inside: 
     return np.repeat(values, np.diff(bounds))
 
 
+MIP_DEFAULT_TEMPLATE = "default"
+"""The template a MIP segment's provenance names when its MIP shard records none (no `template` column, or an
+empty value): the name `glm-corpus mip` gives a P3 folder that names no template. Never empty, so every MIP
+segment names its dataset and a template."""
+
+
 class Sources:
     """What the builder reads: the text store (one source per text directory) and the MIP store, with names."""
 
@@ -88,7 +94,10 @@ class Sources:
         self.mip = mip
         if mip is not None:
             self.mip_dataset = np.array(_column_or(mip, "dataset", "source"), dtype=object)
-            self.mip_template = np.array(_column_or(mip, "template", None), dtype=object)
+            self.mip_template = np.array(
+                [template or MIP_DEFAULT_TEMPLATE for template in _column_or(mip, "template", None)],
+                dtype=object,
+            )
 
     def gather(self, plan: PlanChunk) -> np.ndarray:
         lengths = plan.piece_length.astype(np.int64)

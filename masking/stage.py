@@ -187,6 +187,7 @@ def build_shard(job: ShardJob) -> dict[str, Any]:
         writer.abort()
         raise
     return {
+        "index": job.index,
         "entry": writer.close(),
         "suffix_observed": observed,
         "suffix_expected": expected,
@@ -311,14 +312,13 @@ def run_masking(
     out.mkdir(parents=True, exist_ok=True)
 
     pool = _InProcess() if config.workers == 1 else _RayPool(config.workers, config.object_store_mb)
-    entries: list[dict[str, Any]] = []
+    built: dict[int, dict[str, Any]] = {}
     expected_rows = config.rows
     bar = Progress("mask", total=expected_rows, unit="row", enabled=progress)
 
     def collect(results: list[dict[str, Any]]) -> None:
         for result in results:
-            entries.append(result["entry"])
-            stats.add_build(result["suffix_observed"], result["suffix_expected"], result["suffix_count"])
+            built[result["index"]] = result
             bar.update(result["entry"]["rows"], tokens=result["entry"]["rows"] * config.row_length)
 
     try:
@@ -334,8 +334,14 @@ def run_masking(
         bar.close()
         raise
     bar.close()
-    if not entries:
+    if not built:
         raise ConfigError("no rows were planned: the token shards hold no text")
+    # Shards finish in any order under Ray; their float statistics are summed in shard order so that
+    # stats.json, like the shards, is the same for any number of workers.
+    entries = [built[index]["entry"] for index in sorted(built)]
+    for index in sorted(built):
+        result = built[index]
+        stats.add_build(result["suffix_observed"], result["suffix_expected"], result["suffix_count"])
 
     seconds = time.perf_counter() - started
     manifest = write_manifest(

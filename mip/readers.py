@@ -48,7 +48,11 @@ Format = Literal["jsonl", "parquet", "tfrecord", "source_target"]
 
 @dataclasses.dataclass(slots=True)
 class MipExample:
-    """One instruction example: `prompt` is Part A's text, `target` the answer the model learns."""
+    """One instruction example: `prompt` is Part A's text, `target` the answer the model learns.
+
+    `template` is never empty: the rest of a P3 folder name after the dataset (`default` when nothing
+    follows), or the DeepStruct name that resolved the record (`conll04_re`, `tacred`).
+    """
 
     dataset: str
     template: str

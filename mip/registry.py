@@ -49,6 +49,34 @@ class UnknownDatasetError(ConfigError):
     """A dataset name or P3 folder that the registry does not know, and the run did not allow."""
 
 
+class UnknownDatasetsError(UnknownDatasetError):
+    """A MIP run's inputs hold records of datasets the registry does not know and the run did not allow.
+
+    Raised after the first pass, before anything is written, so one run names every unknown dataset
+    at once. `unknown` maps each name to (records, the files they were found in).
+    """
+
+    MAX_FILES = 3
+
+    def __init__(self, unknown: Mapping[str, tuple[int, list[str]]]) -> None:
+        self.unknown = {name: (count, list(files)) for name, (count, files) in sorted(unknown.items())}
+        described = []
+        for name, (count, files) in self.unknown.items():
+            shown = ", ".join(files[: self.MAX_FILES]) + (", ..." if len(files) > self.MAX_FILES else "")
+            described.append(f"{name!r} ({count} record(s) in {shown})")
+        super().__init__(
+            f"MIP inputs hold records of {len(self.unknown)} dataset(s) not in the registry "
+            f"(mip/registry.json): {'; '.join(described)}. Register them, train on them as datasets of "
+            f"family 'unknown' with `--allow-unknown NAME ...` (config `mip.allow_unknown`; a bare "
+            f"`--allow-unknown` accepts every unknown folder/task), or drop them, counted as "
+            f"unknown_dataset and listed in the plan, with `--skip-unknown` (config `mip.skip_unknown: "
+            f"true`)"
+        )
+
+    def __reduce__(self):  # picklable despite the custom __init__
+        return (type(self), (self.unknown,))
+
+
 def normalize_name(name: str) -> str:
     """Lower-case ASCII letters and digits kept, every other character mapped to `_` (length-preserving).
 

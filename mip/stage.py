@@ -16,6 +16,11 @@ so `prompt_len` is exact and `decode(tokens[:prompt_len]) == prompt`. An example
 `max_example_tokens` (the 2048-token row minus [gMASK] and [sop]; the [eop] is a target only) is dropped
 as `too_long`, never truncated.
 
+Records of a dataset the registry does not know (and the run did not allow with `allow_unknown` /
+`allow_any_unknown`) fail the run with `UnknownDatasetsError` after pass 1, before anything is written,
+naming every such dataset and its files; `skip_unknown` drops them instead, counted as `unknown_dataset`
+and listed in the plan's `rejected_unknown`.
+
 Output under OUT: `shards/<dataset>-00000.{bin,idx,provenance.parquet,checksum.json}` (one shard series
 per dataset, so `glm-corpus verify` can check each source's count), `mip-plan.json`, `manifest.json`
 (`docs_in = docs_out + sum(dropped)` per dataset). The output depends only on (inputs, seed, registry,
@@ -41,7 +46,7 @@ from common.progress import Progress
 from mip.caps import CapSelector, DatasetSelection
 from mip.plan import DEFAULT_TOKEN_RATIO, PLAN_FILE, DatasetPlan, Policy, TemplatePlan, build_plan, write_plan
 from mip.readers import DatasetDrops, InputFile, MipExample, discover_inputs, read_examples
-from mip.registry import DatasetInfo, Registry, default_registry
+from mip.registry import DatasetInfo, Registry, UnknownDatasetsError, default_registry
 from shards.token_shards import TokenShardWriter, shard_files
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,9 @@ class MipConfig:
     """Unregistered dataset names to accept (family `unknown`)."""
     allow_any_unknown: bool = False
     """Accept every unregistered P3 folder / DeepStruct task as its own dataset."""
+    skip_unknown: bool = False
+    """Drop the records of unregistered, not allowed datasets (counted as `unknown_dataset`, listed in the
+    plan's `rejected_unknown`) instead of failing the run with `UnknownDatasetsError`."""
     unknown_cap: int | None = 100_000
     caps: dict[str, int | None] = dataclasses.field(default_factory=dict)
     """Per-dataset cap overrides (None = uncapped)."""
@@ -202,6 +210,8 @@ def run_mip(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
     drops = DatasetDrops(strict=config.strict)
     selection, plans, rejected_unknown = _select(files, registry, drops, config.seed, progress)
+    if rejected_unknown and not config.skip_unknown:
+        raise UnknownDatasetsError(_unknown_found(drops, rejected_unknown))
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_output(out)
     writers = _write_selected(out, files, registry, selection, plans, tokenizer, drops, config, progress)
@@ -263,6 +273,16 @@ def _select(
         if name not in plans and name not in rejected_unknown and resolvable:
             plans[name] = DatasetPlan(info=_info(registry, name))
     return selection, plans, rejected_unknown
+
+
+def _unknown_found(drops: DatasetDrops, names: list[str]) -> dict[str, tuple[int, list[str]]]:
+    """(records, files) of each unknown dataset, for the error (files: those of the drop examples kept)."""
+    found = {}
+    for name in names:
+        log_ = drops.logs[name]
+        files = dict.fromkeys(example.path for example in log_.examples.get("unknown_dataset", []))
+        found[name] = (log_.counts["unknown_dataset"], list(files))
+    return found
 
 
 def _write_selected(

@@ -10,6 +10,7 @@ masks but not the text.
 from __future__ import annotations
 
 import filecmp
+import math
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
+import torch
 
 from common.errors import ConfigError, ShardFormatError
 from kernels import dense_attention_mask, glm130b_position_ids
@@ -25,7 +28,7 @@ from masking.config import MaskingConfig
 from masking.stage import load_masking_config, run_masking
 from masking.synthetic import write_mip_shards, write_text_shards
 from pipeline.special_tokens import EOD, EOP, GMASK, MASK, PAD, SOP
-from shards.token_shards import TokenShards
+from shards.token_shards import TokenShards, TokenShardWriter
 from shards.training_shards import TrainingShards, verify_training_shards
 
 ROW = 2048
@@ -136,6 +139,7 @@ def check_row(batch: dict, i: int, documents: dict[str, np.ndarray]) -> list[dic
             assert len(spans) == 1 and part_a[-1] == GMASK, "[gMASK]/MIP: prefix + [gMASK], one suffix block"
         if kind == "mip":
             assert provenance["source"] in MIP_DATASETS
+            assert provenance.get("template"), "every MIP segment names its template"
             # Part A = the prompt (its end) + [gMASK]; Part B = the target, which starts at prompt_len.
             prompt_len = PROMPT_LENGTHS[provenance["doc_ids"][0]]
             assert provenance["doc_offsets"][0] + len(part_a) - 1 == prompt_len
@@ -182,6 +186,62 @@ def attention_rule(table: np.ndarray, length: int, isolate: bool = True) -> np.n
             elif segment[q] >= 0 and segment[q] == segment[k]:
                 allowed[q, k] = (not part_b[k]) or (part_b[q] and k <= q)
     return allowed
+
+
+def merged_chi_square_p(
+    observed: np.ndarray, expected: np.ndarray, minimum: float = 5.0
+) -> tuple[float, int]:
+    """Pearson's chi-square p-value after merging neighbouring bins until every expected count is >= minimum.
+
+    Bins are merged from the right into their left neighbour (the tails are the small ones); the p-value is
+    the regularized upper incomplete gamma Q(dof / 2, statistic / 2), computed by torch."""
+    obs, exp = [], []
+    carry_obs, carry_exp = 0.0, 0.0
+    for o, e in zip(observed[::-1].tolist(), expected[::-1].tolist()):
+        carry_obs, carry_exp = carry_obs + o, carry_exp + e
+        if carry_exp >= minimum:
+            obs.append(carry_obs)
+            exp.append(carry_exp)
+            carry_obs, carry_exp = 0.0, 0.0
+    if carry_exp and exp:  # what is left at the left end joins the last merged bin
+        obs[-1] += carry_obs
+        exp[-1] += carry_exp
+    obs_array, exp_array = np.array(obs), np.array(exp)
+    assert len(exp_array) >= 2 and (exp_array >= minimum).all()
+    statistic = float(((obs_array - exp_array) ** 2 / exp_array).sum())
+    dof = len(exp_array) - 1
+    p_value = float(
+        torch.special.gammaincc(
+            torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(statistic / 2, dtype=torch.float64)
+        )
+    )
+    return p_value, dof
+
+
+def truncated_poisson(lam: float, max_length: int) -> np.ndarray:
+    """P(l = k) for k = 0..max_length of Poisson(lam) conditioned on 1 <= l <= max_length (index 0 is 0)."""
+    pmf = np.array(
+        [0.0] + [math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1)) for k in range(1, max_length + 1)]
+    )
+    return pmf / pmf.sum()
+
+
+def overshoot_moments(pmf: np.ndarray, thresholds: int) -> tuple[np.ndarray, np.ndarray]:
+    """E[O] and E[O^2] for t = 0..thresholds-1, O = S_K - t, K the first k with l_1 + ... + l_k >= t (k >= 1).
+
+    The first length either reaches t (O = l - t) or leaves the threshold t - l for the rest:
+    E[O^j](t) = sum over l >= t of p_l (l - t)^j + sum over l < t of p_l E[O^j](t - l)."""
+    lengths = np.arange(len(pmf))
+    first, second = np.zeros(thresholds), np.zeros(thresholds)
+    for t in range(thresholds):
+        reach = lengths >= max(t, 1)
+        over = lengths[reach] - t
+        first[t] = (pmf[reach] * over).sum()
+        second[t] = (pmf[reach] * over**2).sum()
+        for length in range(1, min(t, len(pmf))):
+            first[t] += pmf[length] * first[t - length]
+            second[t] += pmf[length] * second[t - length]
+    return first, second
 
 
 @pytest.fixture(scope="module")
@@ -274,16 +334,65 @@ def test_mask_windows_cover_fifteen_percent(default_run, default_records):
     assert 0.15 <= report["masked_ratio"]["observed"] <= 0.17
 
 
-def test_mode_split_is_thirty_seventy(default_run, default_records):
-    _, report = default_run
-    text = [r for r in default_records if r["kind"] != "mip"]
-    sizes = np.array([r["n"] for r in text], dtype=np.float64)
-    in_mask = np.array([r["kind"] == "mask" for r in text])
-    share = sizes[in_mask].sum() / sizes.sum()
+def test_statistics_rederived_from_written_shards(default_run, default_records):
+    """§4's numbers from the rows as the loader rebuilds them (each checked by `check_row`), not the report."""
+    out, report = default_run
+    rows = len(TrainingShards(out))
+    mask = [r for r in default_records if r["kind"] == "mask"]
+    gmask = [r for r in default_records if r["kind"] == "gmask"]
+
+    # Span lengths ~ Poisson(3) truncated to 1..39: chi-square over every [MASK] span of the run.
+    pmf = truncated_poisson(3.0, 39)
+    lengths = np.concatenate([r["spans"] for r in mask])
+    assert len(lengths) > 5000 and lengths.min() >= 1 and lengths.max() <= 39
+    observed = np.bincount(lengths, minlength=40)[1:]
+    p_value, dof = merged_chi_square_p(observed, pmf[1:] * len(lengths))
+    assert dof >= 5 and p_value > 1e-3, (p_value, observed.tolist())
+
+    # [gMASK] suffix length s ~ uniform on [lo, hi] = [max(1, ceil(n / 4)), max(lo, n - 2)] (docs/MASKING.md).
+    n = np.array([r["n"] for r in gmask])
+    suffix = np.array([r["spans"][0] for r in gmask])
+    lo = np.maximum(1, np.ceil(n / 4 - 1e-9).astype(np.int64))
+    hi = np.maximum(lo, n - 2)
+    assert ((suffix >= lo) & (suffix <= hi)).all()
+    # Relative position j = s - lo of K = hi - lo + 1 values in 10 bins: bin b holds the j with
+    # floor(10 j / K) = b, expected #{such j} / K per segment (ranges of >= 10 values only).
+    values = hi - lo + 1
+    wide = values >= 10
+    assert wide.sum() > 1000
+    bins = 10
+    observed = np.bincount(bins * (suffix - lo)[wide] // values[wide], minlength=bins)
+    # #{j in [0, K): floor(10 j / K) = b} = ceil(K (b + 1) / 10) - ceil(K b / 10).
+    edges = -(-values[wide, None] * np.arange(bins + 1)[None, :] // bins)
+    expected = (np.diff(edges, axis=1) / values[wide, None]).sum(axis=0)
+    assert expected.sum() == pytest.approx(wide.sum())
+    p_value, dof = merged_chi_square_p(observed, expected)
+    assert dof == bins - 1 and p_value > 1e-3, (p_value, observed.tolist())
+
+    # Masked ratio: a window of n gets spans until they cover t = ceil(0.15 n), so it covers t + O with O the
+    # overshoot of a renewal process of truncated-Poisson steps; its exact mean and variance per window give
+    # the expected masked tokens and a 4-sigma band. Windows of >= 40 tokens (where spans never need
+    # shortening to fit); a window that fills the end of a row may take one span more (the fill rule counts
+    # 2 slots per span), on average under 0.3 tokens, at most one such window per row.
+    wide_windows = [r for r in mask if r["n"] >= 40]
+    window = np.array([r["n"] for r in wide_windows])
+    covered = np.array([sum(r["spans"]) for r in wide_windows])
+    threshold = np.ceil(0.15 * window - 1e-9).astype(np.int64)
+    first, second = overshoot_moments(pmf, int(threshold.max()) + 1)
+    expected_covered = float((threshold + first[threshold]).sum())
+    sigma = math.sqrt(float((second[threshold] - first[threshold] ** 2).sum()))
+    assert (covered >= 0.15 * window - 1e-9).all(), "spans cover at least 15% of every window"
+    ratio, expected_ratio = covered.sum() / window.sum(), expected_covered / window.sum()
+    assert 0.15 < expected_ratio < 0.16
+    assert -4 * sigma <= covered.sum() - expected_covered <= 4 * sigma + 0.3 * rows, (ratio, expected_ratio)
+
+    # 30% of text tokens in [MASK] segments: modes are independent draws per segment (P(mask) = 0.3 for a
+    # piece that fits either way), so the share's standard deviation follows from the segment sizes.
+    sizes = np.array([r["n"] for r in mask + gmask], dtype=np.float64)
+    share = sizes[: len(mask)].sum() / sizes.sum()
+    sigma_share = math.sqrt((sizes**2).sum() * 0.3 * 0.7) / sizes.sum()
+    assert sigma_share < 0.02 and abs(share - 0.3) < 4 * sigma_share, (share, sigma_share)
     assert share == pytest.approx(report["text_tokens"]["mask_fraction"])
-    # Modes are independent draws per segment: the share's standard deviation follows from the sizes.
-    sigma = np.sqrt((sizes**2).sum() * 0.3 * 0.7) / sizes.sum()
-    assert abs(share - 0.3) < 4 * sigma + 0.005, (share, sigma)
 
 
 def test_mip_segments(default_run, default_records):
@@ -297,17 +406,39 @@ def test_mip_segments(default_run, default_records):
     assert report["mip"]["truncated_examples"] >= 2 * len(MIP_DATASETS) - 1  # the long ones that were used
     for r in mip:
         assert r["n"] + 2 <= ROW
+        # The template is the MIP shard's own (synthetic: `<dataset>-template-<i % 3>` for example i).
+        dataset, _, number = r["pieces"]["doc_ids"][0].split(":")
+        assert (r["source"], r["pieces"]["template"]) == (dataset, f"{dataset}-template-{int(number) % 3}")
 
 
-def test_same_seed_same_bytes_for_one_or_two_workers(inputs, tmp_path, ray_session):
-    one, two = tmp_path / "w1", tmp_path / "w2"
-    _mask(inputs, one, seed=5, rows=300)
-    _mask(inputs, two, seed=5, rows=300, workers=2)
-    names = sorted(p.name for p in one.iterdir() if p.name != "stats.json")
-    assert names == sorted(p.name for p in two.iterdir() if p.name != "stats.json")
-    assert len([n for n in names if n.endswith(".tokens")]) == 3
-    for name in names:
-        assert filecmp.cmp(one / name, two / name, shallow=False), name
+TIMING_KEYS = ("seconds", "tokens_per_second")
+"""Keys of stats.json that measure the run rather than describe its output."""
+
+
+def test_same_seed_same_bytes_for_one_two_and_three_workers(inputs, tmp_path, ray_session):
+    # 333 rows: five shards of 64 and a last one of 13, which is also a partial block of the 32-row blocks.
+    outputs = {}
+    for workers in (1, 2, 3):
+        outputs[workers] = tmp_path / f"w{workers}"
+        config = MaskingConfig(seed=5, rows=333, rows_per_shard=64, rows_per_block=32, workers=workers)
+        run_masking(inputs / "tokens", outputs[workers], config, mip=inputs / "mip", progress=False)
+    names = sorted(p.name for p in outputs[1].iterdir())
+    assert len([n for n in names if n.endswith(".tokens")]) == 6 and "stats.json" in names
+    assert len(TrainingShards(outputs[1])) == 333
+
+    def stats_without_timings(directory: Path) -> dict:
+        stats = orjson.loads((directory / "stats.json").read_bytes())
+        assert all(key in stats for key in TIMING_KEYS)
+        # `out` and `workers` say where and how the run went, not what it wrote.
+        assert stats.pop("out") == str(directory) and stats.pop("workers") in (1, 2, 3)
+        return {key: value for key, value in stats.items() if key not in TIMING_KEYS}
+
+    for workers in (2, 3):
+        assert sorted(p.name for p in outputs[workers].iterdir()) == names
+        for name in names:
+            if name != "stats.json":
+                assert filecmp.cmp(outputs[1] / name, outputs[workers] / name, shallow=False), (workers, name)
+        assert stats_without_timings(outputs[workers]) == stats_without_timings(outputs[1])
 
 
 def test_shard_size_changes_files_not_rows(inputs, tmp_path):
@@ -440,6 +571,70 @@ def test_cli_mask_and_inspect(inputs, tmp_path):
         cwd=Path(__file__).parents[1],
     )
     assert bad.returncode == 1 and "unknown config key" in bad.stderr
+
+
+def test_cli_mask_config_file_with_command_line_overrides(inputs, tmp_path, capsys):
+    from cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "masking:\n  seed: 9\n  rows: 40\n  mask_ratio: 0.2\n  rows_per_block: 16\n  rows_per_shard: 32\n"
+    )
+    out = tmp_path / "cli-config"
+    arguments = ["mask", "--tokens", str(inputs / "tokens"), "--out", str(out), "--config", str(path)]
+    assert main([*arguments, "--rows", "12", "--set", "mask_ratio=0.1", "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    # The flag and --set win over the file; what the command line leaves alone comes from the file.
+    assert summary["rows"] == 12 and summary["config"]["rows"] == 12
+    assert summary["config"]["mask_ratio"] == 0.1 and summary["masked_ratio"]["target"] == 0.1
+    assert summary["seed"] == 9 and summary["config"]["rows_per_block"] == 16
+    assert len(TrainingShards(out)) == 12
+    assert orjson.loads((out / "training_shards.json").read_bytes())["config"]["seed"] == 9
+    # Without the overrides the file's values hold.
+    assert main([*arguments, "--force", "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert (summary["rows"], summary["config"]["mask_ratio"]) == (40, 0.2)
+    assert len(TrainingShards(out)) == 40
+
+
+def test_mip_segments_always_name_a_template(inputs, tmp_path):
+    """MIP shards that record no template (no column, or empty values) still give named MIP segments."""
+    from masking.segments import MIP_DEFAULT_TEMPLATE
+
+    generator = np.random.default_rng(4)
+    for layout in ("no_column", "empty"):
+        mip = tmp_path / layout
+        extra = [pa.field("prompt_len", pa.int32()), pa.field("dataset", pa.string())]
+        if layout == "empty":
+            extra.append(pa.field("template", pa.string()))
+        with TokenShardWriter(mip / "shards" / "qa-00000", extra_schema=tuple(extra)) as writer:
+            for i in range(200):
+                ids = generator.integers(30_000, 40_000, size=60, dtype=np.int32)
+                fields = {"template": ""} if layout == "empty" else {}
+                writer.add(
+                    ids,
+                    doc_id=f"qa:x:{i}",
+                    source="qa",
+                    input_file="x",
+                    offset=i,
+                    prompt_len=40,
+                    dataset="qa",
+                    **fields,
+                )
+        out = tmp_path / f"train-{layout}"
+        run_masking(
+            inputs / "tokens",
+            out,
+            MaskingConfig(rows=60, rows_per_block=32, rows_per_shard=64),
+            mip=mip,
+            progress=False,
+        )
+        table = TrainingShards(out).provenance_table().to_pylist()
+        mip_segments = [entry for entry in table if entry["kind"] == "mip"]
+        assert mip_segments and all(
+            (entry["source"], entry["template"]) == ("qa", MIP_DEFAULT_TEMPLATE) for entry in mip_segments
+        )
+        assert all(entry["template"] == "" for entry in table if entry["kind"] != "mip")
 
 
 def test_sources_come_from_the_pipeline_manifest(tmp_path):

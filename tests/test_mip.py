@@ -17,7 +17,12 @@ from mip.caps import select_examples, template_quotas
 from mip.demo_data import PEOPLE_DAILY_DATASET, PYTHON_DOCS_DATASET, write_demo_instructions
 from mip.plan import read_plan
 from mip.readers import DatasetDrops, crc32c, discover_inputs, masked_crc32c, read_all, read_examples
-from mip.registry import DO_NOT_EVALUATE_LIST_NAME, UnknownDatasetError, default_registry
+from mip.registry import (
+    DO_NOT_EVALUATE_LIST_NAME,
+    UnknownDatasetError,
+    UnknownDatasetsError,
+    default_registry,
+)
 from mip.stage import MipConfig, run_mip
 from shards.token_shards import TokenShards
 from shards.verify import verify_directory
@@ -543,6 +548,17 @@ def test_stage_writes_mip_shards_that_round_trip_with_exact_prompt_len(tmp_path,
     config = MipConfig(
         inputs=[str(p) for p in inputs], out=str(tmp_path / "out"), seed=3, caps={"super_glue/boolq": 10}
     )
+    # By default the unregistered folder fails the run, naming it and its file, before anything is written.
+    with pytest.raises(UnknownDatasetsError) as failure:
+        run_mip(config, tokenizer=tokenizer, progress=False)
+    unknown_file = str(tmp_path / "in" / "p3" / "private_set_x" / "train.jsonl")
+    assert failure.value.unknown == {"private_set_x": (1, [unknown_file])}
+    message = str(failure.value)
+    for needed in ("'private_set_x'", unknown_file, "--allow-unknown", "--skip-unknown", "mip.skip_unknown"):
+        assert needed in message, needed
+    assert not (tmp_path / "out").exists()
+    # Skipping them explicitly: counted as unknown_dataset and listed, the rest written.
+    config.skip_unknown = True
     summary = run_mip(config, tokenizer=tokenizer, progress=False)
     assert summary["examples_out"] == 10 + 2 + 1
     assert summary["unknown_rejected"] == ["private_set_x"]
@@ -657,6 +673,27 @@ def test_cli_mip_demo_and_strict(tmp_path, tokenizer, monkeypatch, capsys):
     )
     captured = capsys.readouterr()
     assert code == 1 and "unknown_dataset" in captured.err and "private_set_x" in captured.err
+    # Not strict: still an error by default, naming the dataset, its file and both ways out.
+    code = main(["mip", "--input", *map(str, inputs), "--out", str(tmp_path / "default"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1 and not (tmp_path / "default").exists()
+    for needed in ("private_set_x", "train.jsonl", "--allow-unknown", "--skip-unknown"):
+        assert needed in captured.err, needed
+    code = main(
+        [
+            "mip",
+            "--input",
+            *map(str, inputs),
+            "--out",
+            str(tmp_path / "skipped"),
+            "--skip-unknown",
+            "--no-progress",
+            "--json",
+        ]
+    )
+    assert code == 0
+    assert orjson.loads(capsys.readouterr().out)["unknown_rejected"] == ["private_set_x"]
+    assert read_plan(tmp_path / "skipped")["rejected_unknown"] == ["private_set_x"]
     code = main(
         [
             "mip",
@@ -696,3 +733,97 @@ def test_demo_instruction_set_is_registered_and_readable(tmp_path):
     segmented = [e for e in chinese if e.template == "segment_words"]
     assert segmented and all(e.target.replace(" ", "") in e.prompt for e in segmented)
     assert "/" not in "".join(e.prompt for e in chinese)  # POS tags stripped
+
+
+# MIP in written training shards ----------------------------------------------------------------------
+
+
+def test_training_shards_name_dataset_and_template_and_hold_five_percent_mip(tmp_path, tokenizer):
+    """MIP shards from `run_mip` masked into training shards: read back, every MIP segment names a registered
+    dataset and a non-empty template, and MIP segments take 5% of the row tokens."""
+    from masking.config import MaskingConfig
+    from masking.stage import run_masking
+    from masking.synthetic import write_text_shards
+    from shards.training_shards import TrainingShards
+
+    root = tmp_path / "in"
+    for folder in ("super_glue_boolq_exam", "super_glue_boolq"):  # the second names no template: `default`
+        write_jsonl(
+            root / "p3" / folder / "train.jsonl",
+            [p3(f"Question {i}: is the sky blue on day {i}? Answer yes or no.", "yes") for i in range(400)],
+        )
+    parquet_folder = root / "p3" / "ag_news_classify_question_first"
+    parquet_folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "inputs_pretokenized": [
+                    f"Is it True or False? Can we infer that it is True? {i}" for i in range(300)
+                ],
+                "targets_pretokenized": ["True"] * 300,
+            }
+        ),
+        parquet_folder / "train.parquet",
+    )
+    sentence = "Dataset : conll04 Task : Named Entity Recognition Sentence : John ."
+    write_jsonl(
+        root / "deepstruct" / "conll04_train.jsonl",
+        [
+            {"source": f"{sentence} {i}", "target": "( John ; instance of ; human )", "task": task}
+            for i in range(150)
+            for task in ("conll04", "conll04_re")
+        ],
+    )
+    (root / "deepstruct" / "tacred").mkdir()
+    (root / "deepstruct" / "tacred" / "train.source").write_text(
+        "".join(f"Sentence {i} : John met Mary .\n" for i in range(200)), encoding="utf-8"
+    )
+    (root / "deepstruct" / "tacred" / "train.target").write_text(
+        "( John ; met ; Mary )\n" * 200, encoding="utf-8"
+    )
+    summary = run_mip(
+        MipConfig(inputs=[str(root / "p3"), str(root / "deepstruct")], out=str(tmp_path / "mip")),
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    assert summary["examples_out"] == 1600 and summary["token_ratio"] == 0.05
+    mip_shards = TokenShards(tmp_path / "mip" / "shards").provenance.to_pylist()
+    named = {row["doc_id"]: (row["dataset"], row["template"]) for row in mip_shards}
+
+    write_text_shards(tmp_path / "tokens", {"pile": (400, 900.0)}, seed=3)
+    report = run_masking(
+        tmp_path / "tokens",
+        tmp_path / "train",
+        MaskingConfig(rows_per_block=32, rows_per_shard=64),
+        mip=tmp_path / "mip",
+        progress=False,
+    )
+    assert not report["mip"]["exhausted"] and report["mip"]["target_share"] == 0.05
+
+    registry = default_registry()
+    shards = TrainingShards(tmp_path / "train")
+    rows = len(shards)
+    mip_slots = used_slots = 0
+    templates = set()
+    for lo in range(0, rows, 64):
+        batch = shards.batch(np.arange(lo, min(lo + 64, rows)))
+        for table, provenance in zip(batch["segments"], batch["provenance"]):
+            table = table[table[:, 0] >= 0]
+            assert len(table) == len(provenance)
+            for (start, _, end), entry in zip(table.tolist(), provenance):
+                used_slots += end - start
+                if entry["kind"] != "mip":
+                    continue
+                mip_slots += end - start
+                assert entry.get("template"), entry
+                assert entry["source"] in registry and registry.get(entry["source"]).name == entry["source"]
+                assert (entry["source"], entry["template"]) == named[entry["doc_ids"][0]]
+                templates.add((entry["source"], entry["template"]))
+    assert {("super_glue/boolq", "default"), ("conll04", "conll04_re"), ("tacred", "tacred")} <= templates
+    # A row is a MIP row while the MIP slots so far are below 5% x (rows so far + 1/2) x 2048, and a row adds
+    # at most 2048 MIP slots: the MIP slots stay within about one row of 5% of all, so the share is 5% within
+    # (1 + 0.05) x 2048 / tokens, about 1 / rows.
+    share = mip_slots / used_slots
+    assert rows > 150 and used_slots == rows * 2048 - report["padding_tokens"]
+    assert abs(share - 0.05) <= (1 + 0.05) * 2048 / used_slots, (share, rows)
+    assert share == pytest.approx(report["mip"]["share"])

@@ -14,10 +14,11 @@ Findings (`violations`, each `{"kind", "dataset", "detail", "fails"}`):
   in a later epoch repeats examples without counting twice.
 - `unplanned`: a MIP dataset in the range that the plan does not have (or has with no examples).
 - `planned_absent`: a planned dataset with no sample in the range although at least `min_expected` were
-  expected there. Expected = written x max(K / W, R / N), with `written` the dataset's examples in the plan,
-  W all planned examples, K the MIP samples in the range, R the rows consumed in the range and N the rows of
-  the run: a dataset should have its plan share of the MIP the range holds, and at least the range's share of
-  a run that uses every example once. (A 1-step range is not expected to hold every dataset; 20k steps are.)
+  expected there. Expected = written x max(K / W, p T / M), with `written` the dataset's examples in the plan,
+  W all planned examples, K the MIP samples in the range, p the plan's token ratio, T the tokens of the range
+  and M all planned MIP tokens: a dataset should have its plan share of the MIP the range holds, and of the
+  MIP the plan says the range should hold (p T tokens), whatever the range actually holds. (A 1-step range
+  is not expected to hold every dataset; 20k steps are.)
 - `ratio`: the MIP token share of the range (MIP segment tokens, [gMASK] and [sop] included, over all non-pad
   tokens) is outside plan ratio p +- tol, tol = z * sqrt(p (1 - p) * L / T) + 0.01 p, with T the tokens of
   the range, L the row length and z = 3. MIP arrives row by row (the masking stage packs MIP into some rows),
@@ -26,7 +27,9 @@ Findings (`violations`, each `{"kind", "dataset", "detail", "fails"}`):
   window of steps (`windows`).
 - `do_not_evaluate`: a dataset on GLM-130B's do-not-evaluate list in the range. Always flagged per dataset;
   a violation only when the plan's policy says `fail_on_do_not_evaluate`.
-- `contamination`: an evaluation set with examples whose n-grams occur in the range's rows.
+- `contamination`: an evaluation set with examples whose n-grams occur in the range's rows. The scan runs in
+  this process, or as Ray tasks over contiguous row ranges with `workers` > 1 and at least `ray_min_rows`
+  distinct rows (identical report; mip/contamination.py).
 
 Which findings fail the audit (exit code 1): the plan's `policy` (`fail_on_<kind>`; by default contamination,
 over_cap and planned_absent fail, the others are reported), overridden by `--fail-on` / `--no-fail-on`.
@@ -65,6 +68,9 @@ RATIO_Z = 3.0
 RATIO_RELATIVE_SLACK = 0.01
 MIN_EXPECTED = 5.0
 RANGE = "*"
+RAY_MIN_ROWS = 16_384
+"""~34M tokens of 2048-token rows, ~3-5 s of single-core scan: about what starting Ray and its workers costs, so
+smaller scans are faster in one process (benchmarks/bench_contamination.py)."""
 """The `dataset` of a finding about the whole range (the MIP ratio)."""
 
 
@@ -94,6 +100,12 @@ class AuditConfig:
     batch_rows: int = 64
     first_ids: int = 5
     progress: bool = False
+    workers: int = 1
+    """Ray tasks for the contamination scan when > 1 (contiguous row ranges, merged in row order: the same
+    report as one process); `ray_address` joins an existing cluster instead of starting Ray here."""
+    ray_min_rows: int = RAY_MIN_ROWS
+    """With workers > 1, scans of fewer distinct rows stay in this process (Ray's start-up would cost more)."""
+    ray_address: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -358,7 +370,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         plan,
         usage["usage"],
         counts,
-        n_rows,
+        tokens,
         config.min_expected,
         violate,
         dne_is_violation=policy["do_not_evaluate"],
@@ -412,7 +424,7 @@ def _dataset_report(
     plan: dict[str, Any] | None,
     usage: dict[str, _Usage],
     counts: np.ndarray,
-    n_rows: int,
+    range_tokens: int,
     min_expected: float,
     violate: Any,
     dne_is_violation: bool = False,
@@ -429,8 +441,9 @@ def _dataset_report(
         ((plan or {}).get("do_not_evaluate") or {}).get("datasets") or registry.do_not_evaluate_names()
     )
     written_total = sum(int(e.get("written", 0)) for e in planned_entries.values())
+    planned_tokens = sum(int(e.get("tokens", 0)) for e in planned_entries.values())
+    planned_ratio = float((plan or {}).get("token_ratio") or 0.0)
     mip_samples = sum(u.samples for u in usage.values())
-    samples_in_range = int(counts.sum())
     datasets: dict[str, Any] = {}
     dne_seen: list[str] = []
     for name in sorted(set(usage) | set(planned_entries)):
@@ -456,7 +469,7 @@ def _dataset_report(
         }
         if name in planned_entries:
             written = int(planned_entries[name].get("written", 0))
-            share = max(mip_samples / max(written_total, 1), samples_in_range / max(n_rows, 1))
+            share = max(mip_samples / max(written_total, 1), planned_ratio * range_tokens / max(planned_tokens, 1))
             report["written"] = written
             report["expected_samples"] = written * share
         datasets[name] = report
@@ -506,7 +519,7 @@ def resolve_tokenizer_path(config: AuditConfig, manifest: dict[str, Any]) -> str
 def _contamination(
     config: AuditConfig, shards: TrainingShards, manifest: dict[str, Any], rows: np.ndarray, violate: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    from mip.contamination import NgramIndex, VocabText, scan_rows
+    from mip.contamination import NgramIndex, VocabText, scan_rows, scan_rows_on_ray
     from mip.eval_sets import read_eval_sets
     from pipeline.tokenizer import GLMTokenizer
 
@@ -514,19 +527,34 @@ def _contamination(
     index = NgramIndex.build(eval_sets, n=config.ngram)
     tokenizer = GLMTokenizer(resolve_tokenizer_path(config, manifest))
     vocab = VocabText(tokenizer)
-    describe = _SegmentDescriber(shards)
+    on_ray = config.workers > 1 and len(rows) >= config.ray_min_rows
+    ranges = 1
     bar = Progress("audit scan", total=len(rows), unit="row", enabled=config.progress)
     try:
-        stats = scan_rows(
-            shards,
-            rows,
-            index,
-            vocab,
-            batch_rows=config.batch_rows,
-            describe_segment=describe,
-            match_limit=config.first_ids,
-            progress=bar,
-        )
+        if on_ray:
+            stats, ranges = scan_rows_on_ray(
+                str(shards.path),
+                rows,
+                index,
+                vocab,
+                workers=config.workers,
+                batch_rows=config.batch_rows,
+                describe_factory=_SegmentDescriber,
+                match_limit=config.first_ids,
+                progress=bar,
+                address=config.ray_address,
+            )
+        else:
+            stats = scan_rows(
+                shards,
+                rows,
+                index,
+                vocab,
+                batch_rows=config.batch_rows,
+                describe_segment=_SegmentDescriber(shards),
+                match_limit=config.first_ids,
+                progress=bar,
+            )
     finally:
         bar.close()
     report = index.report(first_ids=config.first_ids)
@@ -545,6 +573,7 @@ def _contamination(
         "tokenizer": str(tokenizer.path) if tokenizer.path else None,
         **stats.to_dict(),
         "index": index.memory,
+        "engine": f"ray ({config.workers} workers, {ranges} row ranges)" if on_ray else "in-process",
     }
     return report, scan
 
@@ -638,7 +667,7 @@ def render_audit(summary: dict[str, Any]) -> str:
             lines.append(
                 f"  scanned {scan['rows']} rows, {scan['tokens']} tokens with {scan['ngram']}-grams at "
                 f"{scan['tokens_per_second']:,.0f} tokens/s; index {scan['index']['ngrams']} n-grams, "
-                f"{scan['index']['bytes_per_ngram']:.1f} bytes each"
+                f"{scan['index']['bytes_per_ngram']:.1f} bytes each ({scan.get('engine', 'in-process')})"
             )
     lines.append("")
     if summary["violations"]:

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "task to a registered dataset (mip/registry.json: T0, T0+, T0++, P3, DeepStruct, demo), cap each "
             "dataset across its templates (100k per T0-family dataset, 200k per DeepStruct dataset), "
             "tokenize prompt and target, and write MIP token shards, manifest.json and mip-plan.json "
-            "(what the audit checks) into OUT. Malformed records are counted per reason with file and offset."
+            "(what the audit checks) into OUT. Malformed records are counted per reason with file and offset. "
+            "Records of unregistered datasets fail the run unless --allow-unknown or --skip-unknown says "
+            "what to do with them."
         ),
     )
     mip.add_argument(
@@ -51,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="accept these unregistered dataset names; with no NAME, accept every unknown "
         "folder/task as a dataset of its own (family 'unknown')",
+    )
+    mip.add_argument(
+        "--skip-unknown",
+        action="store_true",
+        help="drop the records of unregistered datasets that --allow-unknown does not name (counted as "
+        "unknown_dataset and listed in the plan); without it they fail the run",
     )
     mip.add_argument(
         "--unknown-cap", default="100000", metavar="N|none", help="cap of allowed unknown datasets"
@@ -124,6 +132,7 @@ def _run_mip(args: argparse.Namespace) -> CommandResult:
         seed=args.seed,
         allow_unknown=list(args.allow_unknown or []),
         allow_any_unknown=args.allow_unknown is not None and not args.allow_unknown,
+        skip_unknown=args.skip_unknown,
         unknown_cap=_cap_value(args.unknown_cap, "--unknown-cap"),
         caps=caps,
         splits=args.splits,
@@ -157,9 +166,9 @@ def _text(summary: dict) -> str:
         lines.append("  dropped:  " + ", ".join(f"{reason} {n}" for reason, n in summary["dropped"].items()))
     if summary["unknown_rejected"]:
         lines.append(
-            "  WARNING: records of unregistered datasets were dropped: "
+            "  WARNING: records of unregistered datasets were dropped (--skip-unknown): "
             + ", ".join(summary["unknown_rejected"])
-            + " (see --allow-unknown)"
+            + " (--allow-unknown NAME trains on them)"
         )
     if summary["do_not_evaluate_included"]:
         lines.append(
@@ -228,6 +237,15 @@ def _register_audit(subparsers: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--ngram", type=int, default=13, metavar="N", help="n-gram size in units (default 13)")
     audit.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="scan for contamination as Ray tasks over row ranges when > 1 (default 1: in this process)",
+    )
+    audit.add_argument(
+        "--ray-min-rows", type=int, metavar="N",
+        help="with --workers > 1, scans of fewer rows still run in this process (default 16384)",
+    )
+    audit.add_argument("--ray-address", metavar="HOST:PORT", help="existing Ray cluster to join")
+    audit.add_argument(
         "--windows", type=int, default=10, metavar="N", help="step windows for the ratio (default 10)"
     )
     audit.add_argument(
@@ -290,7 +308,11 @@ def _run_audit(args: argparse.Namespace) -> CommandResult:
         no_fail_on=list(args.no_fail_on),
         batch_rows=args.batch_rows,
         progress=not args.no_progress,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
+    if args.ray_min_rows is not None:
+        config.ray_min_rows = args.ray_min_rows
     summary = run_audit(config)
     if args.output:
         atomic_write_json(args.output, summary)

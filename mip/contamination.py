@@ -36,10 +36,18 @@ per (example, n-gram) pair to attribute hits to examples (`NgramIndex.memory`).
 An evaluation example is *contaminated* when any of its n-grams occurs in the scanned training rows. An example
 with fewer than n units in every text has no n-gram and cannot be flagged; the report counts them
 (`too_short`).
+
+**On Ray** (`scan_rows_on_ray`, the audit's `workers > 1`): the rows are cut into contiguous ranges, the index and
+the vocabulary go into the object store once, and each range is a Ray task that scans with its own hit flags
+(`NgramIndex.fresh`) and returns the indexed n-grams it saw, its first matches per evaluation set and its
+counts. The driver merges the ranges in row order (`NgramIndex.absorb`), so the report is the single-process
+scan's exactly: hits are a union, and the first k matches of the whole scan are the first k of the
+concatenated per-range lists (a range keeps its own first k).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import time
@@ -474,6 +482,24 @@ class NgramIndex:
         if len(found) < limit and where not in found:
             found.append(where)
 
+    def fresh(self) -> NgramIndex:
+        """A scanner sharing this index's n-gram arrays (read-only) with its own hit flags, counters and matches:
+        what a Ray task scans with, since arrays from the object store cannot be written."""
+        clone = copy.copy(self)
+        clone.hit = np.zeros(len(self.unique), dtype=bool)
+        clone.probed = clone.matched = 0
+        clone.matches = {}
+        return clone
+
+    def absorb(self, part: RangeScan, limit: int) -> None:
+        """Merge the scan of a range of rows; called in row order, it gives what one sequential scan gives."""
+        self.hit[part.hit_positions] = True
+        self.probed += part.probed
+        self.matched += part.matched
+        for set_index in sorted(part.matches):
+            for where in part.matches[set_index]:
+                self.note_match(set_index, where, limit)
+
     def contaminated_examples(self) -> np.ndarray:
         """Bool per example: does any of its n-grams occur in what was probed?"""
         flagged = np.zeros(len(self.example_ids), dtype=bool)
@@ -514,6 +540,11 @@ class ScanStats:
     ngrams: int = 0
     matched_ngrams: int = 0
     seconds: float = 0.0
+
+    def add(self, other: ScanStats) -> None:
+        """Count another scan's work in (seconds are the caller's: ranges on Ray overlap in time)."""
+        for field in ("rows", "segments", "tokens", "ngrams", "matched_ngrams"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -610,3 +641,104 @@ def _note_matches(
         for set_index in sets:
             index.note_match(set_index, where, limit)
             full[set_index] = len(index.matches[set_index]) >= limit
+
+
+# ------------------------------------------------------------------------------------------ the scan on Ray
+
+
+@dataclasses.dataclass
+class RangeScan:
+    """What the scan of one contiguous range of rows found (the result of a Ray task)."""
+
+    hit_positions: np.ndarray
+    """Indices into `NgramIndex.unique` of the indexed n-grams the range holds."""
+    matches: dict[int, list[dict[str, Any]]]
+    """The range's first matching training segments per evaluation set (at most the match limit each)."""
+    stats: ScanStats
+    probed: int
+    matched: int
+
+
+def row_ranges(count: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) bounds cutting `count` rows into at most `parts` contiguous, non-empty, near-equal ranges."""
+    parts = max(1, min(parts, count))
+    bounds = np.linspace(0, count, parts + 1).round().astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def scan_range(
+    train: str,
+    rows: np.ndarray,
+    index: NgramIndex,
+    vocab: VocabText,
+    batch_rows: int,
+    describe_factory: Any,
+    match_limit: int,
+) -> RangeScan:
+    """Scan `rows` of the training shards at `train` with a fresh scanner over `index` (one Ray task)."""
+    from shards.training_shards import TrainingShards
+
+    shards = TrainingShards(train)
+    local = index.fresh()
+    stats = scan_rows(
+        shards,
+        rows,
+        local,
+        vocab,
+        batch_rows=batch_rows,
+        describe_segment=describe_factory(shards) if describe_factory is not None else None,
+        match_limit=match_limit,
+    )
+    return RangeScan(np.flatnonzero(local.hit), local.matches, stats, local.probed, local.matched)
+
+
+def scan_rows_on_ray(
+    train: str,
+    rows: np.ndarray,
+    index: NgramIndex,
+    vocab: VocabText,
+    *,
+    workers: int,
+    ranges: int | None = None,
+    batch_rows: int = 64,
+    describe_factory: Any = None,
+    match_limit: int = 5,
+    progress: Any = None,
+    address: str | None = None,
+) -> tuple[ScanStats, int]:
+    """`scan_rows` as Ray tasks over contiguous ranges of `rows` (default 2 per worker); marks hits in `index`.
+
+    `describe_factory(shards)` makes each task's `describe_segment` (it must pickle: a module-level class or
+    function). Returns the merged stats (seconds = wall time of the whole scan) and the number of ranges.
+    """
+    from pipeline.ray_runtime import ensure_ray
+
+    started = time.perf_counter()
+    rows = np.asarray(rows, dtype=np.int64)
+    bounds = row_ranges(len(rows), ranges if ranges is not None else 2 * workers)
+    store_mb = 256 + 2 * (index.memory["bytes"] + vocab.data.nbytes) // 2**20
+    ray = ensure_ray(workers, address, object_store_mb=int(store_mb))
+    index_ref, vocab_ref = ray.put(index), ray.put(vocab)  # once; every task reads the same copy
+    task = ray.remote(num_cpus=1)(scan_range)
+    number_of = {
+        task.remote(
+            str(train), rows[lo:hi], index_ref, vocab_ref, batch_rows, describe_factory, match_limit
+        ): number
+        for number, (lo, hi) in enumerate(bounds)
+    }
+    parts: list[RangeScan | None] = [None] * len(bounds)
+    waiting = list(number_of)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        for ref in done:
+            part = ray.get(ref)
+            parts[number_of[ref]] = part
+            if progress is not None:
+                progress.update(part.stats.rows, tokens=part.stats.tokens)
+    stats = ScanStats()
+    for part in parts:  # row order, whatever order the tasks finished in
+        assert part is not None
+        index.absorb(part, match_limit)
+        stats.add(part.stats)
+    stats.seconds = time.perf_counter() - started
+    return stats, len(bounds)

@@ -250,6 +250,8 @@ def test_incident_is_reported_for_the_step_range_that_has_it(incident):
         ("planned_absent", "conll04"),
     }
     # One step sees four rows: a finding there only when that step's own numbers make it one.
+    plan = orjson.loads(Path(incident["plan"]).read_bytes())
+    planned_tokens = sum(e["tokens"] for e in plan["datasets"].values() if e.get("planned"))
     passing_steps = 0
     for step in range(steps):
         one = _audit(incident["train"], incident["plan"], steps=(step, step + 1))
@@ -257,8 +259,9 @@ def test_incident_is_reported_for_the_step_range_that_has_it(incident):
         ag_news, conll04 = one["datasets"]["ag_news"], one["datasets"]["conll04"]
         assert (("over_cap", "ag_news") in found) == (ag_news["distinct"] > 10)
         mip_samples = sum(entry["samples"] for entry in one["datasets"].values())
+        # written x max(plan share of the MIP samples seen, plan share of the MIP tokens the plan puts there)
         assert conll04["expected_samples"] == pytest.approx(
-            30 * max(mip_samples / 50, GLOBAL_BATCH / (steps * 4)), rel=0.1
+            30 * max(mip_samples / 50, plan["token_ratio"] * one["ratio"]["tokens"] / planned_tokens), rel=1e-9
         )
         assert (("planned_absent", "conll04") in found) == (conll04["expected_samples"] >= 5)
         passing_steps += one["exit_code"] == 0
@@ -534,6 +537,73 @@ def test_a_longer_ngram_than_the_overlap_finds_nothing(planted, tmp_path):
         tokenizer=str(planted["tokenizer"]),
     )
     assert summary["contamination"]["c3_dev"]["contaminated"] == 0  # the planted text is 37 characters
+
+
+SCAN_COUNTS = ("rows", "segments", "tokens", "ngrams", "matched_ngrams")
+
+
+def test_contamination_scan_on_ray_equals_the_single_process_scan(planted, tmp_path, ray_session):
+    """`workers=2`: the rows go to Ray tasks in contiguous ranges; the report is the one-process report exactly,
+    the first matching training segments per set included (2 kept per set, from rows spread over the ranges)."""
+    files = _eval_files(tmp_path)
+    common = {
+        "steps": (0, _epoch_steps(planted["train"])),
+        "eval": [str(p) for p in files.values()],
+        "tokenizer": str(planted["tokenizer"]),
+        "batch_rows": 4,
+        "first_ids": 2,
+    }
+    single = _audit(planted["train"], planted["root"] / "mip", **common)
+    on_ray = _audit(planted["train"], planted["root"] / "mip", workers=2, ray_min_rows=0, **common)
+
+    assert single["contamination_scan"]["engine"] == "in-process"
+    assert on_ray["contamination_scan"]["engine"] == "ray (2 workers, 4 row ranges)"
+    assert on_ray["contamination"] == single["contamination"]
+    found = {name: entry["first_contaminated_ids"] for name, entry in single["contamination"].items()}
+    assert found == {
+        "lambada": ["10"],
+        "c3_dev": ["zh-planted"],
+        "rte_val": ["99"],
+        "clean_en": [],
+        "clean_zh": [],
+    }
+    rte_rows = [m["row"] for m in single["contamination"]["rte_val"]["training_matches"]]
+    assert len(rte_rows) == 2 and rte_rows == sorted(rte_rows)  # the first two in row order
+    for key in SCAN_COUNTS:
+        assert on_ray["contamination_scan"][key] == single["contamination_scan"][key], key
+    assert on_ray["violations"] == single["violations"] and on_ray["exit_code"] == single["exit_code"] == 1
+
+    # Below the row threshold Ray is not worth starting, whatever the workers.
+    few = _audit(planted["train"], planted["root"] / "mip", workers=2, ray_min_rows=10**6, **common)
+    assert few["contamination_scan"]["engine"] == "in-process"
+
+
+def test_ray_ranges_merge_in_row_order_whatever_the_split(planted, tmp_path, ray_session):
+    """Any number of ranges (1, uneven, one row each) gives the single scan's hit flags, matches and counts."""
+    from mip.audit import _SegmentDescriber
+    from mip.contamination import row_ranges, scan_rows, scan_rows_on_ray
+
+    files = _eval_files(tmp_path)
+    eval_sets = read_eval_sets([str(files["lambada"]), str(files["clue"]), str(files["rte"])])
+    shards = TrainingShards(planted["train"])
+    vocab = VocabText(GLMTokenizer(planted["tokenizer"]))
+    rows = np.arange(len(shards))[::-1].copy()  # any row order: ranges follow the order given
+    single = NgramIndex.build(eval_sets)
+    stats = scan_rows(shards, rows, single, vocab, batch_rows=3, describe_segment=_SegmentDescriber(shards),
+                      match_limit=3)  # fmt: skip
+    assert single.hit.any() and len(single.matches[2]) == 3
+    for ranges in (1, 3, 7, len(rows)):
+        merged = NgramIndex.build(eval_sets)
+        ray_stats, used = scan_rows_on_ray(
+            str(planted["train"]), rows, merged, vocab, workers=2, ranges=ranges, batch_rows=3,
+            describe_factory=_SegmentDescriber, match_limit=3,
+        )  # fmt: skip
+        assert used == ranges
+        np.testing.assert_array_equal(merged.hit, single.hit)
+        assert merged.matches == single.matches and merged.report() == single.report()
+        assert (merged.probed, merged.matched) == (single.probed, single.matched)
+        assert [getattr(ray_stats, k) for k in SCAN_COUNTS] == [getattr(stats, k) for k in SCAN_COUNTS]
+    assert row_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)] and row_ranges(2, 5) == [(0, 1), (1, 2)]
 
 
 def test_restored_segments_are_the_original_documents(planted):

@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     demo.add_argument("--scale", type=float, default=1.0, help="fraction of the default corpus to use")
     demo.add_argument("--ray-address", help="existing Ray cluster to use instead of an embedded one")
+    demo.add_argument("--train-steps", type=int, default=20, help="reference-trainer steps at the end (default 20)")
     demo.set_defaults(run=_run_demo)
 
     ingest = subparsers.add_parser(
@@ -144,5 +145,6 @@ def _run_dedup(args: argparse.Namespace) -> CommandResult:
 def _run_demo(args: argparse.Namespace) -> CommandResult:
     from pipeline.demo import run_demo
 
-    summary = run_demo(Path(args.out), workers=args.workers, scale=args.scale, ray_address=args.ray_address)
+    summary = run_demo(Path(args.out), workers=args.workers, scale=args.scale, ray_address=args.ray_address,
+                       train_steps=args.train_steps)
     return CommandResult(summary, text=summary.pop("text"))

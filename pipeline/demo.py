@@ -42,7 +42,8 @@ def _cli(argv: list[str]) -> None:
         raise GLMCorpusError(f"demo stage `glm-corpus {argv[0]}` exited with code {code}")
 
 
-def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str | None = None) -> dict[str, Any]:
+def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str | None = None,
+             train_steps: int = DEMO_TRAIN_STEPS) -> dict[str, Any]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "raw"
@@ -89,12 +90,12 @@ def run_demo(out: Path, workers: int = 2, scale: float = 1.0, ray_address: str |
     if _available("mip.audit") and "train" in done:
         t0 = time.perf_counter()
         _cli(["audit", "--train", str(out / "train"), "--plan", str(out / "mip" / "mip-plan.json"),
-              "--steps", f"0:{DEMO_TRAIN_STEPS}", "--output", str(out / "audit.json")])
+              "--steps", f"0:{train_steps}", "--output", str(out / "audit.json")])
         stage("audit")
         done.append("audit.json")
     if _available("trainer.train") and "train" in done:
         t0 = time.perf_counter()
-        _cli(["train", "--train", str(out / "train"), "--steps", str(DEMO_TRAIN_STEPS), "--out", str(out / "checkpoints")])
+        _cli(["train", "--train", str(out / "train"), "--steps", str(train_steps), "--out", str(out / "checkpoints")])
         stage("train")
         done.append("checkpoints")
     if _available("report.html_report"):

@@ -224,7 +224,21 @@ class FileWorker:
             "tokens_out": tokens_out,
             "langs": dict(sorted(langs.items())),
             "drops": drops.to_dict(),
-            "steps": {step.name: step.stats.to_dict() for step in steps},
+            # The manifest's stage chain: read -> normalize -> langid -> quality -> tokenize. Read and
+            # tokenize are not Steps, so their text bytes are those the next (previous) step measured.
+            "steps": {
+                "read": {
+                    "name": "read", "docs_in": read_stats.records_seen, "docs_out": read_stats.docs_yielded,
+                    "bytes_in": file.size, "bytes_out": steps[0].stats.bytes_in,
+                    "dropped": dict(sorted(read_stats.dropped.items())),
+                },
+                **{step.name: step.stats.to_dict() for step in steps},
+                "tokenize": {
+                    "name": "tokenize", "docs_in": len(writer), "docs_out": len(writer),
+                    "bytes_in": steps[-1].stats.bytes_out, "bytes_out": steps[-1].stats.bytes_out,
+                    "tokens_out": tokens_out, "dropped": {},
+                },
+            },
             "reader": read_stats.to_dict(),
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -304,7 +318,10 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
 
     ray = ensure_ray(config.workers, config.ray_address, config.object_store_mb)
     config_dict = to_dict(config)
-    actor_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(FileWorker)
+    # SPREAD: on a cluster one actor per node before doubling up, so a lost node costs one actor, which
+    # Ray restarts elsewhere (max_restarts) before retrying its file (max_task_retries).
+    actor_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2,
+                           scheduling_strategy="SPREAD")(FileWorker)
     workers = [actor_cls.remote(config_dict) for _ in range(max(1, min(config.workers, len(files))))]
     # Largest files first so the last task to finish is a small one.
     queue = sorted(files, key=lambda f: (-f.size, f.path))
@@ -329,7 +346,7 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
                     raise GLMCorpusError(f"{where}: {exc.cause.strerror or exc.cause}") from None
                 raise
             idle.append(worker)
-            bar.update(1, bytes=file.size, tokens=summary["tokens_out"])
+            bar.update(1, bytes=file.size, docs=summary["docs_in"], tokens=summary["tokens_out"])
     for worker in workers:
         ray.kill(worker)
 
@@ -397,10 +414,15 @@ def _write_final_shards(
                 entry["bytes_in"] += summary["bytes_in"]
                 entry["dropped"].update(summary["drops"]["dropped"])
                 for name, stats in summary["steps"].items():
-                    agg = entry["stages"].setdefault(name, {"docs_in": 0, "docs_out": 0, "seconds": 0.0})
-                    agg["docs_in"] += stats["docs_in"]
-                    agg["docs_out"] += stats["docs_out"]
-                    agg["seconds"] = round(agg["seconds"] + stats["seconds"], 6)
+                    agg = entry["stages"].setdefault(
+                        name, {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "dropped": Counter()}
+                    )
+                    for key in ("docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out"):
+                        if key in stats:
+                            agg[key] = agg.get(key, 0) + stats[key]
+                    agg["dropped"].update(stats.get("dropped", {}))
+                    if "seconds" in stats:  # read and tokenize run interleaved with the steps: not timed apart
+                        agg["seconds"] = round(agg.get("seconds", 0.0) + stats["seconds"], 6)
                 entry["files"].append(file.path)
                 columns = {name: table.column(name).to_pylist() for name in
                            ("doc_id", "source", "input_file", "offset", "lang", "quality", "meta")}
@@ -430,6 +452,8 @@ def _write_final_shards(
                 writer.close()
             entry["dropped"] = dict(sorted(entry["dropped"].items()))
             entry["langs"] = dict(sorted(entry["langs"].items()))
+            for stage in entry["stages"].values():
+                stage["dropped"] = dict(sorted(stage["dropped"].items()))
     totals = {
         key: sum(entry[key] for entry in sources.values())
         for key in ("docs_in", "docs_out", "bytes_in", "tokens_out")

@@ -719,6 +719,59 @@ def _check_sample(shards: TrainingShards, rows: np.ndarray) -> None:
         _fail(shards.path, "loss is not exactly on Part B")
 
 
+def _segment_text(tokens: np.ndarray, positions: np.ndarray, blocks: np.ndarray, start: int, sep: int,
+                  end: int) -> np.ndarray:
+    """The text a segment was made from: Part A with each mask token replaced by its Part-B span."""
+    part_a = tokens[start:sep]
+    block_starts = [*(np.flatnonzero(blocks[sep:end] == 1) + sep).tolist(), end]
+    spans = {int(positions[b]): tokens[b + 1 : e] for b, e in zip(block_starts[:-1], block_starts[1:])}
+    pieces, previous = [], 0
+    for mask_index in sorted(spans):
+        pieces += [part_a[previous:mask_index], spans[mask_index]]
+        previous = mask_index + 1
+    pieces.append(part_a[previous:])
+    return np.concatenate(pieces)
+
+
+def _check_provenance(shards: TrainingShards, rows: np.ndarray, inputs: dict[str, Any]) -> dict[str, Any]:
+    """On sample rows: every segment's text equals the document pieces its provenance names, read from
+    the token and MIP shards the masking stage recorded (skipped when those shards are not at hand)."""
+    from shards.token_shards import TokenShards, shard_files
+
+    fingerprint = inputs.get("fingerprint") or []
+    missing = [f["shard"] for f in fingerprint if not shard_files(f["shard"])["idx"].exists()]
+    if not fingerprint or missing:
+        return {"checked_segments": 0, "skipped": f"input shards not found: {missing[:3] or 'none recorded'}"}
+    batch = shards.batch(rows)
+    wanted = {d for row in batch["provenance"] for entry in row for d in entry["doc_ids"]}
+    documents: dict[str, np.ndarray] = {}
+    for entry in fingerprint:
+        record = orjson.loads(shard_files(entry["shard"])["checksum"].read_bytes())
+        if record.get("bin_xxh3_128") != entry["bin_xxh3_128"]:
+            _fail(entry["shard"] + ".bin", "changed since the training shards were made from it",
+                  "re-run the masking stage, or restore the token shard it read")
+        token_shard = TokenShards(entry["shard"])
+        for index, doc_id in enumerate(token_shard.provenance.column("doc_id").to_pylist()):
+            if doc_id in wanted:
+                documents[doc_id] = np.asarray(token_shard[index])
+    checked = 0
+    for i, row in enumerate(batch["provenance"]):
+        table = batch["segments"][i]
+        for (start, sep, end), entry in zip(table[table[:, 0] >= 0].tolist(), row):
+            absent = [d for d in entry["doc_ids"] if d not in documents]
+            if absent:
+                _fail(shards.path, f"row {int(rows[i])}: provenance names {absent[0]!r}, in none of the input shards")
+            pieces = [documents[d][o : o + n]
+                      for d, o, n in zip(entry["doc_ids"], entry["doc_offsets"], entry["doc_tokens"])]
+            text = _segment_text(batch["tokens"][i], batch["position_ids"][i], batch["block_position_ids"][i],
+                                 start, sep, end)
+            if not np.array_equal(text, np.concatenate(pieces)):
+                _fail(shards.path, f"row {int(rows[i])}, segment at {start}: its text is not the document pieces "
+                      f"its provenance names ({entry['doc_ids'][0]!r}...)")
+            checked += 1
+    return {"checked_segments": checked}
+
+
 def verify_training_shards(
     path: str | os.PathLike[str], sample_rows: int = 64, check_hash: bool = True, seed: int = 0
 ) -> dict[str, Any]:
@@ -777,6 +830,7 @@ def verify_training_shards(
     if totals["rows"] != manifest["rows"]:
         _fail(path / MANIFEST, f"records {manifest['rows']} rows, the shards hold {totals['rows']}")
     sampled = 0
+    provenance: dict[str, Any] = {"checked_segments": 0}
     if totals["rows"]:
         generator = np.random.default_rng(seed)
         count = min(sample_rows, totals["rows"])
@@ -786,6 +840,7 @@ def verify_training_shards(
             )
         )
         _check_sample(shards, rows)
+        provenance = _check_provenance(shards, rows, manifest.get("inputs") or {})
         sampled = len(rows)
     tokens = totals["rows"] * manifest["row_length"]
     return {
@@ -794,6 +849,7 @@ def verify_training_shards(
         **totals,
         "bytes_per_token": totals["bytes"] / max(tokens, 1),
         "sampled_rows": sampled,
+        "provenance": provenance,
         "checksums": check_hash,
         "ok": True,
     }

@@ -283,3 +283,90 @@ def test_wet_record_with_invalid_utf8_or_blank(tmp_path):
     docs, drops, _ = read(reader_for(path), path)
     assert [d.text for d in docs] == ["good text"]
     assert drops.counts == {"invalid_utf8": 1, "warc_no_text": 1}
+
+
+# ---- the hostile corpus (issue 10): every kind of damage at once, reader by reader and through ingest
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    from tests.hostile_corpus import write_hostile_corpus
+
+    root = tmp_path_factory.mktemp("hostile")
+    return root, {case.name: case for case in write_hostile_corpus(root)}
+
+
+HOSTILE_FILES = ["truncated.jsonl.zst", "huge_window.jsonl.zst", "zeros.jsonl.zst", "bomb_line.jsonl.zst",
+                 "hundred_mb_line.jsonl", "mixed_damage.jsonl", "utf16.jsonl", "hostile.warc.gz"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_FILES)
+def test_hostile_file_is_counted_by_reason_file_and_offset_in_bounded_memory(hostile, name):
+    root, cases = hostile
+    case, path = cases[name], root / name
+    tracemalloc.start()
+    try:
+        docs, drops, _ = read(reader_for(path), path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [d.text for d in docs] == case.kept
+    assert sum(drops.counts.values()) == len(case.drops)
+    seen = sorted((reason, e.offset) for reason, examples in drops.examples.items() for e in examples)
+    assert len(seen) == len(case.drops)  # fewer than MAX_EXAMPLES of each: every drop is listed
+    for (reason, offset), (want_reason, want_offset) in zip(seen, sorted(case.drops, key=lambda d: (d[0], d[1] or 0))):
+        assert reason == want_reason
+        assert offset == want_offset if want_offset is not None else isinstance(offset, int) and offset >= 0
+    assert all(e.path == str(path) for examples in drops.examples.values() for e in examples)
+    assert peak < case.peak_mib * (1 << 20), f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_hostile_charsets_are_decoded_by_what_the_bytes_are(hostile):
+    root, _ = hostile
+    docs, _, _ = read(WarcReader(), root / "hostile.warc.gz")
+    by_url = {d.meta["url"]: d for d in docs}
+    # GBK bytes served as UTF-8, and as iso-8859-1 with <meta charset=gbk>: both read as Chinese.
+    for url in ("https://e.example/", "https://f.example/"):
+        assert by_url[url].meta["charset"] == "gb18030" and "charset_errors" not in by_url[url].meta
+
+
+def test_page_no_charset_decodes_is_dropped_not_kept_as_noise(tmp_path, monkeypatch):
+    import pipeline.readers.html as html
+
+    monkeypatch.setattr(html, "_guess_charset", lambda body: None)  # a detector with no opinion
+    noise = b"<html><body><p>" + bytes(range(0x80, 0x100)) * 3 + b"</p></body></html>"
+    data = warc_bytes([("https://a/", PAGE, "text/html"), ("https://b/", noise, "text/html; charset=utf-8")])
+    path = tmp_path / "noise.warc.gz"
+    path.write_bytes(data)
+    docs, drops, _ = read(WarcReader(), path)
+    assert [d.text for d in docs] == ["Some text of a page."]
+    reason, offset = only_drop(drops)
+    assert reason == "warc_bad_charset" and offset > 0
+
+
+def test_hostile_corpus_through_ingest_accounts_for_every_record(hostile, ray_session, tiny_model, tmp_path):
+    """The whole hostile corpus through `run_ingest`: the run finishes, every reader drop is in the
+    manifest under its reason with the file and offset, and docs_in = docs_out + sum(dropped)."""
+    from collections import Counter
+
+    from pipeline.ingest import IngestConfig, run_ingest
+    from shards.verify import verify_directory
+
+    root, cases = hostile
+    out = tmp_path / "out"
+    manifest = run_ingest(IngestConfig(inputs=[str(root)], out=str(out), tokenizer=str(tiny_model), workers=2),
+                          progress=False)
+    # Reader reasons only: language, quality and dedup policy drop some of the kept texts too.
+    expected = Counter(reason for case in cases.values() for reason, _ in case.drops)
+    dropped = Counter()
+    for entry in manifest["sources"].values():
+        assert entry["docs_in"] == entry["docs_out"] + sum(entry["dropped"].values())
+        dropped.update(entry["dropped"])
+    assert {reason: dropped[reason] for reason in expected} == dict(expected)
+    for name, case in cases.items():
+        examples = manifest["drop_examples"].get(name, {})
+        listed = sorted((reason, e["offset"]) for reason, rows in examples.items() for e in rows
+                        if reason in expected)
+        assert len(listed) == len(case.drops), (name, listed)
+        assert all(e["path"].endswith(name) for rows in examples.values() for e in rows)
+    assert verify_directory(out, progress=False)["ok"]

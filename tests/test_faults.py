@@ -14,20 +14,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.ingest import IngestConfig, run_ingest
 from shards.token_shards import TokenShardWriter
 from shards.verify import verify_directory
+from tests.local_cluster import LocalCluster, _kill_session, _session_members
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray]
 
@@ -134,6 +132,53 @@ def test_worker_killed_mid_file_is_retried_to_identical_shards(baseline, small_r
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 1b. A Ray worker SIGKILLed mid-dedup
+
+
+def test_worker_killed_mid_dedup_is_retried_to_identical_shards(
+    baseline, small_raw_corpus, tiny_model, tmp_path, monkeypatch
+):
+    """The global dedup's Ray tasks (forced on with distributed_min_docs=0): the worker running the first
+    dedup task SIGKILLs itself before doing any work, once. Ray retries the task; the shards equal the
+    baseline, whose dedup ran in the driver, so this also proves the Ray path decides like the driver."""
+    from pipeline.dedup import global_dedup
+    from pipeline.dedup.config import DedupConfig
+
+    _, expected = baseline
+    raw, _ = small_raw_corpus
+    marker = tmp_path / "killed-once"
+    real_ray_map = global_dedup.ray_map
+
+    def ray_map_that_kills_once(workers: int):
+        mapper = real_ray_map(workers)
+
+        def killing_mapper(function, items):
+            def first_attempt_dies(item):  # runs inside a Ray worker process
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return function(item)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            return mapper(first_attempt_dies, items)
+
+        return killing_mapper
+
+    monkeypatch.setattr(global_dedup, "ray_map", ray_map_that_kills_once)
+    out = tmp_path / "out"
+    config = IngestConfig(inputs=[str(raw)], out=str(out), tokenizer=str(tiny_model), workers=2,
+                          dedup=DedupConfig(distributed_min_docs=0))
+    run_ingest(config, progress=False)
+    assert marker.exists(), "no dedup task ran on Ray: the kill never happened (test is vacuous)"
+    victim = int(marker.read_text())
+    assert victim != os.getpid() and not Path(f"/proc/{victim}").exists()
+    assert shard_digest(out) == expected
+    assert verify_directory(out, progress=False)["ok"]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # 2. Unwritable output, disk full
 
 
@@ -158,6 +203,45 @@ def test_uncreatable_output_directory_is_a_clear_error(small_raw_corpus, tiny_mo
     line = _one_line_error(capsys.readouterr().err, str(out))
     assert line.startswith("glm-corpus ingest: error:") and "Not a directory" in line
     assert blocker.read_text().startswith("a regular file")
+
+
+@pytest.mark.parametrize("how", ["chmod", "erofs"])
+def test_read_only_output_directory_is_a_clear_error(how, small_raw_corpus, tiny_model, tmp_path, capsys,
+                                                     monkeypatch):
+    """A read-only output directory: `chmod a-w` where that binds (not as root), and a read-only file
+    system (EROFS from every open under it, as a read-only mount gives) everywhere. Ray never starts."""
+    from cli import main
+
+    raw, _ = small_raw_corpus
+    out = tmp_path / "ro"
+    out.mkdir()
+    if how == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root writes through chmod a-w; the erofs case covers this run")
+        out.chmod(0o555)
+    else:
+        real_open = os.open
+
+        def read_only_open(path, flags, *args, **kwargs):
+            if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only_open)
+    monkeypatch.setattr("pipeline.ray_runtime.ensure_ray", _ray_must_not_start)
+    try:
+        code = main(["ingest", "--input", str(raw), "--out", str(out), "--tokenizer", str(tiny_model)])
+    finally:
+        out.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 1
+    line = _one_line_error(err, str(out))
+    assert ("Permission denied" if how == "chmod" else "Read-only file system") in line
+    assert not any(out.iterdir()), "something was written into the read-only directory"
+
+
+def _ray_must_not_start(*args, **kwargs):
+    raise AssertionError("Ray was started although the output directory is not writable")
 
 
 @pytest.mark.parametrize("stage", ["bin_write", "idx", "provenance", "checksum"])
@@ -238,81 +322,54 @@ def test_disk_full_while_writing_final_shards_is_a_clear_error(
 # 3. A two-node Ray cluster on one machine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def test_two_node_cluster_gives_identical_shards(baseline, small_raw_corpus, tiny_model, tmp_path):
     _, expected = baseline
     raw, _ = small_raw_corpus
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    if not Path(ray_bin).exists():
-        pytest.skip("the `ray` command is not installed beside this Python")
-    temp_dir = Path(f"/tmp/ray_faults_{os.getpid()}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled")  # Ray 2.5x+ token auth would stop the second node joining
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--num-cpus=1", "--object-store-memory=100000000", "--node-ip-address=127.0.0.1"]
-    groups: list[int] = []
-
-    def start(args: list[str]) -> None:
-        # A new session per node: its daemons inherit the process group, so one killpg removes them all.
-        proc = subprocess.Popen([ray_bin, "start", *args, *common], env=env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        groups.append(proc.pid)
-        output, _ = proc.communicate(timeout=90)
-        assert proc.returncode == 0, output[-3000:]
-
-    try:
-        start(["--head", f"--port={port}",
-               f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={temp_dir}"])
-        start([f"--address={address}"])
-        deadline = time.monotonic() + 45
-        while True:  # the autoscaler's view of the cluster lags the second `ray start` by a few seconds
-            status = subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True,
-                                    text=True, timeout=60).stdout
-            if status.count(" node_") == 2 and "0.0/2.0 CPU" in status:
-                break
-            assert time.monotonic() < deadline, f"the second node never joined:\n{status[-2000:]}"
-            time.sleep(1)
-        # 2 workers x 1 CPU each on 2 nodes of 1 CPU: one FileWorker actor runs on each node.
+    with LocalCluster(Path(f"/tmp/ray_faults_{os.getpid()}")) as cluster:
+        # 2 FileWorker actors, SPREAD: one on each node, so both nodes process files.
         out = tmp_path / "cluster"
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", "ingest", "--input", str(raw), "--out", str(out), "--tokenizer",
-             str(tiny_model), "--workers", "2", "--ray-address", address],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
-        )
+        result = cluster.ingest(raw, out, tiny_model)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert f"joining Ray cluster at {address}" in result.stderr
+        assert f"joining Ray cluster at {cluster.address}" in result.stderr
         assert shard_digest(out) == expected
         assert verify_directory(out, progress=False)["ok"]
-    finally:
-        for pgid in groups:
-            _kill_group(pgid)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
-            time.sleep(0.1)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not any(_group_alive(g) for g in groups), "a Ray node process outlived the test"
 
 
-def _group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+def test_node_killed_mid_run_still_gives_identical_shards(baseline, small_raw_corpus, tiny_model, tmp_path):
+    """SIGKILL the whole second node (raylet, object store, its worker processes) while one of its
+    FileWorkers is processing a file: Ray declares the node dead, restarts that actor on the head node and
+    retries the file; the run finishes with the baseline's bytes."""
+    _, expected = baseline
+    raw, _ = small_raw_corpus
+    out = tmp_path / "cluster"
+    with LocalCluster(Path(f"/tmp/ray_faults_kill_{os.getpid()}")) as cluster:
+        worker_node = cluster.sessions[1]
+        killed: list[dict] = []
+        stop = threading.Event()
+
+        def killer() -> None:
+            while not stop.is_set():
+                for pid in _session_members(worker_node):
+                    if "ray::FileWorker.process" in _cmdline(pid):
+                        sealed = len(list((out / "work").glob("*/done.json")))
+                        _kill_session(worker_node)
+                        killed.append({"sealed_before": sealed, "manifest_before": (out / "manifest.json").exists()})
+                        return
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            result = cluster.ingest(raw, out, tiny_model)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        assert killed, "no FileWorker ran on the second node: the kill never happened (test is vacuous)"
+        assert not killed[0]["manifest_before"], "the node was killed after the run had finished"
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = len(orjson.loads((out / "manifest.json").read_bytes())["inputs"])
+        assert killed[0]["sealed_before"] < files, "the node was killed after every file was sealed"
+        assert not _session_members(worker_node), "the second node survived its SIGKILL"
+        assert shard_digest(out) == expected
+        assert verify_directory(out, progress=False)["ok"]
+        assert not half_written_shards(out)

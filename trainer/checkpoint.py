@@ -55,6 +55,13 @@ def _barrier(ctx: ParallelContext) -> None:
         dist.barrier()
 
 
+def _save(path: Path, obj: Any) -> None:
+    """torch.save through an open file, atomically. Given a path, torch names the archive's records after
+    it (the temp file's name, with its pid), so the same state would give different bytes run to run."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def save_checkpoint(
     out_dir: str | Path,
     *,
@@ -68,13 +75,12 @@ def save_checkpoint(
     """Write this rank's part of the checkpoint after `step` completed steps; returns its directory."""
     directory = checkpoint_dir(out_dir, step)
     if ctx.dp_rank == 0:
-        with atomic_path(directory / f"model_tp{ctx.tp_rank:02d}.pt") as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+        _save(directory / f"model_tp{ctx.tp_rank:02d}.pt",
+              {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     rng = {"torch": torch.get_rng_state()}
     if ctx.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
-    with atomic_path(directory / f"rng_{ctx.rank:05d}.pt") as tmp:
-        torch.save(rng, tmp)
+    _save(directory / f"rng_{ctx.rank:05d}.pt", rng)
     _barrier(ctx)
     if ctx.is_main:
         atomic_write_json(

@@ -59,6 +59,12 @@ class ReaderConfig:
     sniff_bytes: int = 8192
     # WARC: keep responses with these HTTP status codes only (others: `warc_http_status`, policy).
     warc_ok_status: list[int] = dataclasses.field(default_factory=lambda: [200])
+    # WARC: largest WARC or HTTP header block (and header line) held in memory; larger records are
+    # `warc_header_too_large`. Web servers refuse far less (8-16 KiB a line is usual).
+    warc_max_header_bytes: int = 256 * 1024
+    # WARC: an HTML payload that no candidate charset decodes with fewer undecodable sequences than
+    # this fraction of its characters is `warc_bad_charset` (below it: kept, `meta["charset_errors"]`).
+    max_charset_error_ratio: float = 0.01
     html: HtmlConfig = dataclasses.field(default_factory=HtmlConfig)
 
 
@@ -297,15 +303,15 @@ def zstd_frames_problem(raw: BinaryIO) -> str | None:
 
 
 def looks_binary(sample: bytes) -> bool:
-    """True for bytes that are not text: a NUL byte, or more than 10% undecodable or control bytes.
+    """True for bytes that are not text: more than 10% undecodable, NUL or other control bytes.
 
     Text formats (JSON, HTML) never contain raw NUL or C0 controls other than tab/newline/CR/FF, so a
-    few kilobytes tell a binary file from a text file; a text file with one bad line is not binary.
+    few kilobytes tell a binary file (or UTF-16 text, or a stream of zeros) from a text file; a text
+    file with one bad line, a stray NUL byte or a line in another encoding is not binary: that line is
+    dropped under its own reason and the rest of the file is read.
     """
     if not sample:
         return False
-    if b"\x00" in sample:
-        return True
     text = sample.decode("utf-8", errors="replace")
     # A multi-byte character cut at the end of the sample is not evidence of anything.
     bad = text.count("\ufffd") - (1 if text.endswith("\ufffd") else 0)

@@ -5,10 +5,16 @@ Charset, in order (what browsers do, minus the guessing they do for legacy pages
 `<meta http-equiv="Content-Type" content="...; charset=...">` in the first 4 KiB. Labels are mapped as
 the WHATWG Encoding standard does where Python differs: gb2312/gbk/x-gbk/GB_2312-80 -> gb18030 (a
 superset; GBK pages routinely use characters outside GB2312), latin-1/ascii -> cp1252, shift_jis ->
-cp932, euc-kr -> cp949, big5 -> big5hkscs. A declared charset is used if the bytes decode strictly
-with it; else UTF-8 is tried (the most common mislabel); else the declared charset with replacement.
-4. Undeclared: UTF-8 if the bytes decode strictly; else `charset_normalizer` when it is importable (it
-is installed as a dependency of `requests`); else GB18030 if strict decoding works; else cp1252.
+cp932, euc-kr -> cp949, big5 -> big5hkscs. Pages lie about their charset, so a label is a candidate,
+not a verdict: the first of these that decodes the bytes strictly wins:
+   a. the declared multi-byte or non-Western charsets (HTTP first, then <meta>: a server's default
+      `iso-8859-1` often contradicts the page's own `<meta charset=gbk>`);
+   b. UTF-8 (the most common mislabel);
+   c. the charset `charset_normalizer` (installed with `requests`) guesses, then GB18030; but when
+      the only declaration is a Western single-byte one (cp1252 decodes almost any bytes, so it proves
+      nothing and it is many servers' default), only a guessed CJK multi-byte charset overrules it;
+   d. the Western single-byte declaration.
+   When nothing decodes strictly, the candidate with the fewest undecodable bytes is used.
 Replacement characters from a lossy decode are removed and `meta["charset_errors"]` is set.
 
 Text extraction (regex tokenizer, no DOM; ~10x faster than html.parser and good enough for filtering):
@@ -86,18 +92,34 @@ def normalize_charset(label: str | None) -> str | None:
         return None
 
 
-def declared_charset(body: bytes, content_type: str | None) -> str | None:
-    """The charset named by the HTTP header, else by a <meta> tag in the first 4 KiB, else None."""
-    if content_type:
-        match = _HTTP_CHARSET.search(content_type)
-        if match:
-            charset = normalize_charset(match.group(1))
-            if charset:
-                return charset
+def declared_charsets(body: bytes, content_type: str | None) -> list[str]:
+    """The charsets named by the HTTP header and by a <meta> tag in the first 4 KiB, in that order."""
+    found = []
+    match = _HTTP_CHARSET.search(content_type) if content_type else None
+    if match:
+        found.append(normalize_charset(match.group(1)))
     match = _META_CHARSET.search(body, 0, 4096)
     if match:
-        return normalize_charset(match.group(1).decode("ascii", "replace"))
-    return None
+        found.append(normalize_charset(match.group(1).decode("ascii", "replace")))
+    return list(dict.fromkeys(c for c in found if c))
+
+
+def declared_charset(body: bytes, content_type: str | None) -> str | None:
+    """The charset named by the HTTP header, else by a <meta> tag in the first 4 KiB, else None."""
+    declared = declared_charsets(body, content_type)
+    return declared[0] if declared else None
+
+
+# Single-byte Western codecs decode (almost) any bytes: a declaration of one proves nothing.
+_WEAK = frozenset({"cp1252", "iso8859-1", "ascii"})
+_CJK_MULTIBYTE = frozenset({"gb18030", "gbk", "gb2312", "big5", "big5hkscs", "cp932", "shift_jis", "euc_jp",
+                            "cp949", "euc_kr", "cp950"})
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+# Non-ASCII bytes a detector needs before its CJK guess beats a declaration (a few accented words are
+# too little: they pass as two or three Big5 characters).
+_MIN_CJK_EVIDENCE = 32
 
 
 def _strict(body: bytes, charset: str) -> str | None:
@@ -116,41 +138,39 @@ def _guess_charset(body: bytes) -> str | None:
     return normalize_charset(best.encoding) if best is not None else None
 
 
-def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, str, bool]:
-    """Decode an HTML payload: (text, codec name used, whether undecodable bytes were removed)."""
+def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, str, int]:
+    """Decode an HTML payload: (text, codec used, number of undecodable sequences removed)."""
     if body.startswith(codecs.BOM_UTF8):
-        text = body[3:].decode("utf-8", "replace")
-        return _without_replacements(text, "utf-8")
+        return _without_replacements(body[3:].decode("utf-8", "replace"), "utf-8")
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return _without_replacements(body.decode("utf-16", "replace"), "utf-16")
-    declared = declared_charset(body, content_type)
-    if declared is not None:
-        text = _strict(body, declared)
+    declared = declared_charsets(body, content_type)
+    strong = [c for c in declared if c not in _WEAK]
+    weak = [c for c in declared if c in _WEAK]
+    candidates = [*strong, "utf-8"]
+    for charset in candidates:
+        text = _strict(body, charset)
         if text is not None:
-            return text, declared, False
-        if declared != "utf-8":
-            text = _strict(body, "utf-8")
-            if text is not None:
-                return text, "utf-8", False
-        return _without_replacements(body.decode(declared, "replace"), declared)
-    text = _strict(body, "utf-8")
-    if text is not None:
-        return text, "utf-8", False
+            return text, charset, 0
     guessed = _guess_charset(body)
-    if guessed is not None:
-        text = _strict(body, guessed)
+    if strong or not declared:
+        later = [guessed, "gb18030", *weak]
+    else:  # only a Western declaration: overruled by a CJK charset detected on enough evidence alone
+        evidence = len(body) - len(body.translate(None, _HIGH_BYTES))
+        overrule = guessed in _CJK_MULTIBYTE and evidence >= _MIN_CJK_EVIDENCE
+        later = [guessed if overrule else None, *weak]
+    later = [c for c in dict.fromkeys(later) if c and c not in candidates]
+    for charset in later:
+        text = _strict(body, charset)
         if text is not None:
-            return text, guessed, False
-        return _without_replacements(body.decode(guessed, "replace"), guessed)
-    text = _strict(body, "gb18030")
-    if text is not None:
-        return text, "gb18030", False
-    return _without_replacements(body.decode("cp1252", "replace"), "cp1252")
+            return text, charset, 0
+    lossy = [_without_replacements(body.decode(c, "replace"), c) for c in [*declared, *later, "utf-8", "cp1252"]]
+    return min(lossy, key=lambda decoded: decoded[2])
 
 
-def _without_replacements(text: str, charset: str) -> tuple[str, str, bool]:
-    had_errors = "\ufffd" in text
-    return (text.replace("\ufffd", "") if had_errors else text), charset, had_errors
+def _without_replacements(text: str, charset: str) -> tuple[str, str, int]:
+    errors = text.count("\ufffd")
+    return (text.replace("\ufffd", "") if errors else text), charset, errors
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,12 +13,16 @@ A response becomes a document when: its HTTP status is in `warc_ok_status` (else
 policy); its payload is HTML by Content-Type (text/html, application/xhtml+xml) or, without one, by its
 first bytes (else `warc_not_html`, policy: PDFs, images and feeds are not bad input, just not ours);
 its payload is at most `max_record_bytes` (else `document_too_large`); it decodes (charset detection
-in `html.decode_html`) and yields some text (else `warc_no_text`). A WET conversion record must be UTF-8
+in `html.decode_html`; more than `max_charset_error_ratio` of undecodable bytes in every candidate
+charset is `warc_bad_charset`) and yields some text (else `warc_no_text`). A WET conversion record must be UTF-8
 (`invalid_utf8`) and not blank (`warc_no_text`). A payload whose transfer/content encoding cannot be
 undone is `warc_bad_payload`; a record shorter than its Content-Length, or bytes after the last record
 that do not form one (the file stops inside a record's headers), is `truncated_warc`; a file
 that is not a WARC at all is one `not_a_warc` drop at offset 0, and a parse failure in the middle of
 a file is one `warc_corrupt` drop at the failing record's offset (the rest of the file is skipped).
+A record whose WARC or HTTP header block is larger than `warc_max_header_bytes` (or has a longer line)
+is `warc_header_too_large`: warcio reads a header line whole, so the readers hand its parsers a
+line source that never holds more than that many bytes, and the excess is read and discarded.
 """
 
 from __future__ import annotations
@@ -48,6 +52,60 @@ _PARSE_ERRORS = (
 )
 
 
+class _BoundedLines:
+    """`readline()` over a header block that never returns, nor holds, more than `limit` bytes.
+
+    An over-long line is cut to its first `limit` bytes and the rest of it discarded as it is read.
+    Once the block has passed `limit` bytes, with `skip_rest` the remaining header lines are discarded up
+    to the blank line that ends the block (HTTP headers: the record is dropped anyway), else only
+    over-long lines are cut (WARC headers: Content-Length must still be seen to find the next record).
+    """
+
+    def __init__(self, stream: Any, limit: int, skip_rest: bool) -> None:
+        self.stream, self.limit, self.skip_rest = stream, limit, skip_rest
+        self.total = 0
+        self.too_large = False
+
+    def _line(self) -> bytes:
+        line = self.stream.readline(self.limit + 1)
+        self.total += len(line)
+        if len(line) > self.limit and not line.endswith(b"\n"):
+            self.too_large = True
+            line = line[: self.limit]
+            while True:  # discard the rest of the line
+                rest = self.stream.readline(self.limit)
+                self.total += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    return line + b"\r\n"
+        return line
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._line()
+        if self.total > self.limit:
+            self.too_large = True
+            if self.skip_rest:
+                while line and line.strip(b"\r\n"):
+                    line = self._line()
+        return line
+
+
+class _BoundedHeaderParser:
+    """Wraps one of warcio's header parsers with `_BoundedLines`; `too_large` tells about the last block."""
+
+    def __init__(self, parser: Any, limit: int, skip_rest: bool) -> None:
+        self.parser, self.limit, self.skip_rest = parser, limit, skip_rest
+        self.too_large = False
+
+    def parse(self, stream: Any, full_statusline: Any = None) -> Any:
+        lines = _BoundedLines(stream, self.limit, self.skip_rest)
+        if full_statusline is not None:
+            lines.total = len(full_statusline)
+        try:
+            return self.parser.parse(lines, full_statusline)
+        finally:
+            self.too_large = lines.too_large
+
+
 def _is_warc(path: str) -> bool:
     """The file starts with a `WARC/` version line (after gzip decompression for .warc.gz)."""
     with open(path, "rb") as handle:
@@ -75,6 +133,10 @@ class WarcReader(Reader):
             return
         with open(ctx.path, "rb") as handle:
             iterator = ArchiveIterator(handle)
+            limit = self.config.warc_max_header_bytes
+            loader = iterator.loader
+            loader.warc_parser = self._warc_headers = _BoundedHeaderParser(loader.warc_parser, limit, False)
+            loader.http_parser = self._http_headers = _BoundedHeaderParser(loader.http_parser, limit, True)
             records_end = 0  # where the last complete record ended
             try:
                 for record in iterator:
@@ -110,6 +172,11 @@ class WarcReader(Reader):
         # warcio only knows a record's offset once the record has been read to its end, so the payload
         # (bounded) is read first and the offset asked for after.
         meta: dict[str, Any] = {}
+        if self._warc_headers.too_large or (record.http_headers is not None and self._http_headers.too_large):
+            iterator.read_to_end()
+            ctx.drop("warc_header_too_large", iterator.get_record_offset(),
+                     f"a header block or line over {config.warc_max_header_bytes} bytes")
+            return None
         url = record.rec_headers.get_header("WARC-Target-URI")
         if url:
             meta["url"] = url.strip("<>")
@@ -171,6 +238,10 @@ class WarcReader(Reader):
                 )
                 return None
             markup, charset, charset_errors = decode_html(body, content_type)
+            if charset_errors > config.max_charset_error_ratio * max(1, len(markup)):
+                ctx.drop("warc_bad_charset", offset,
+                         f"{charset_errors} undecodable byte sequences in every charset tried (best: {charset})")
+                return None
             text, title = html_to_text(markup, config.html)
             meta["charset"] = charset
             if charset_errors:

@@ -32,7 +32,7 @@ from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.signatures import SignatureMaker
 
 # The prediction and the pair generator are the ones the acceptance test uses (one definition of each).
-from tests.test_dedup import Quality, controlled_pairs, jaccard, verified_catch_probability
+from tests.test_dedup import Quality, controlled_pairs, jaccard
 
 WINDOWS_PER_DOC = 32
 
@@ -103,7 +103,7 @@ def _bench_language(language: str, count: int, seed: int) -> list[dict[str, Any]
                          config.false_positive_weight, config.false_negative_weight)
     s_curve = lsh.candidate_probability(truth, params.bands, params.rows)
     need = cluster.min_equal_rows(threshold, num_perm)
-    verified = verified_catch_probability(truth, params.bands, params.rows, num_perm, need)
+    verified = lsh.verified_catch_probability(truth, params.bands, params.rows, num_perm, need)
 
     def row(implementation: str, banding: tuple[int, int], caught: np.ndarray, predicted: np.ndarray,
             foreign: int, seconds: float) -> dict[str, Any]:

@@ -421,6 +421,8 @@ mip:
   token_ratio: 0.05           # MIP share of all training tokens (recorded in the plan; masking follows it)
   seed: 1234                  # seed of the cap selection
   caps: {}                    # per-dataset cap overrides, e.g. {super_glue/rte: 50000}; null = uncapped
+  allow_unknown: []           # dataset names the registry does not know, to train on anyway (family `unknown`)
+  skip_unknown: false         # true: drop records of unknown datasets (counted); false: unknown ones fail the run
 
 # Masking (masking.config.MaskingConfig): token shards (+ MIP shards) -> 2048-token GLM training rows.
 masking:
@@ -440,6 +442,7 @@ audit:
   steps: null                 # step range "A:B" (B exclusive); null: train.steps (one epoch without train)
   ngram: 13                   # n-gram size of the contamination scan
   windows: 10                 # step windows of the MIP-ratio check
+  workers: 1                  # > 1: the contamination scan runs as Ray tasks over row ranges (big runs)
   fail_on: []                 # finding kinds that fail the audit besides the plan's policy (e.g. [ratio])
   no_fail_on: []              # kinds only reported
   stop_on_violation: true     # a failing finding stops the run before training (the report is still written)

@@ -49,7 +49,7 @@ RAN = ("ran", "up to date", "violations", "failed")
 """run.json statuses of stages that did something worth a timing row."""
 KNOWN_INPUTS = (TOKENS_MANIFEST, MIP_PLAN, MIP_MANIFEST, TRAIN_STATS, AUDIT, CHECKPOINTS, RUN_STATE)
 
-STAGE_ORDER = ("read", "normalize", "langid", "quality", "dedup")
+STAGE_ORDER = ("read", "normalize", "langid", "quality", "tokenize", "dedup")
 """Order of the ingest steps (the manifest stores them in a JSON object, which sorts keys)."""
 MAX_LISTED_INPUTS = 40
 TRAIN_LOG_SUFFIXES = (".jsonl", ".log", ".txt")
@@ -371,7 +371,8 @@ def _timings(run: RunDirectory) -> list[tuple[str, Any, str]]:
             for name, stage in entry.get("stages", {}).items():
                 steps[name] = steps.get(name, 0.0) + float(stage.get("seconds", 0.0))
         for name in _ordered_stages(steps):
-            rows.append((f"ingest: {name}", round(steps[name], 3), "worker seconds, all files"))
+            if steps[name] > 0:  # read and tokenize run interleaved with the steps: no time of their own
+                rows.append((f"ingest: {name}", round(steps[name], 3), "worker seconds, all files"))
     stats = run.stats
     if stats and _is_number(stats.get("seconds")):
         rows.append(("masking", stats["seconds"], "train/stats.json"))
@@ -395,9 +396,10 @@ def section_documents(run: RunDirectory) -> Section:
     if not manifest or not manifest.get("sources"):
         return _not_run(key, title, "no tokens/manifest.json (run `glm-corpus ingest`).")
     sources = manifest["sources"]
-    step_names = _ordered_stages({n for e in sources.values() for n in e.get("stages", {})})
+    # "read" is the first stage when the manifest has it: its docs_out are the records parsed.
+    step_names = _ordered_stages({n for e in sources.values() for n in e.get("stages", {})} - {"tokenize"})
     columns = ["records read"]
-    if step_names:
+    if step_names and step_names[0] != "read":
         columns.append("parsed")
     columns += [f"after {n}" for n in step_names] + ["after dedup"]
     series: dict[str, list[float]] = {}
@@ -405,7 +407,7 @@ def section_documents(run: RunDirectory) -> Section:
     for name, entry in sources.items():
         stages = entry.get("stages", {})
         counts = [entry.get("docs_in", 0)]
-        if step_names:
+        if step_names and step_names[0] != "read":
             counts.append(stages.get(step_names[0], {}).get("docs_in", 0))
         counts += [stages.get(n, {}).get("docs_out", 0) for n in step_names]
         counts.append(entry.get("docs_out", 0))

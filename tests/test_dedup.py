@@ -196,39 +196,6 @@ def controlled_pairs(
     return pairs
 
 
-def verified_catch_probability(
-    similarity: float | np.ndarray, bands: int, rows: int, num_perm: int, need: int
-) -> np.ndarray:
-    """P(some band agrees on all its rows and at least `need` of num_perm rows agree), rows iid Bernoulli(s).
-
-    A dynamic program over the bands, vectorized over the similarities: dist[flag, k, i] is the
-    probability that k rows agree so far and (flag) some band agreed fully, for similarity i.
-    """
-    s = np.atleast_1d(np.asarray(similarity, dtype=np.float64))
-
-    def binomial(n: int) -> np.ndarray:  # [n + 1, len(s)]: P(k of n rows agree)
-        return np.array([math.comb(n, k) * s**k * (1 - s) ** (n - k) for k in range(n + 1)])
-
-    band = binomial(rows)
-    dist = np.zeros((2, num_perm + 1, len(s)))
-    dist[0, 0] = 1.0
-    for _ in range(bands):
-        new = np.zeros_like(dist)
-        for k in range(rows + 1):
-            shifted = np.zeros_like(dist)
-            shifted[:, k:] = dist[:, : num_perm + 1 - k] * band[k]
-            if k == rows:
-                new[1] += shifted[0] + shifted[1]
-            else:
-                new += shifted
-        dist = new
-    rest = binomial(num_perm - bands * rows)
-    full = np.zeros((num_perm + 1, len(s)))
-    for k in range(len(rest)):  # the rows outside the bands
-        full[k:] += dist[1, : num_perm + 1 - k] * rest[k]
-    return full[need:].sum(axis=0)
-
-
 @dataclasses.dataclass
 class Quality:
     """Measured recall and precision of a set of pairs against the S-curve's prediction.
@@ -306,11 +273,11 @@ def test_verified_catch_probability_limits():
     s = np.array([0.0, 0.5, 0.8, 0.9, 1.0])
     # needing no agreement beyond the bands' own, verification changes nothing: the plain S-curve
     s_curve = lsh.candidate_probability(s, 9, 13)
-    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 0), s_curve)
-    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 13), s_curve)
+    np.testing.assert_allclose(lsh.verified_catch_probability(s, 9, 13, 128, 0), s_curve)
+    np.testing.assert_allclose(lsh.verified_catch_probability(s, 9, 13, 128, 13), s_curve)
     # needing every row is needing s^128
-    np.testing.assert_allclose(verified_catch_probability(s, 9, 13, 128, 128), s**128, atol=1e-15)
-    assert np.all(verified_catch_probability(s, 9, 13, 128, 103) <= s_curve + 1e-12)
+    np.testing.assert_allclose(lsh.verified_catch_probability(s, 9, 13, 128, 128), s**128, atol=1e-15)
+    assert np.all(lsh.verified_catch_probability(s, 9, 13, 128, 103) <= s_curve + 1e-12)
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
@@ -334,7 +301,7 @@ def test_recall_and_precision_follow_the_s_curve(language):
         caught = caught_pairs(result.cluster_of())
         if verify:
             need = cluster.min_equal_rows(threshold, config.num_perm)
-            predicted = verified_catch_probability(truth, params.bands, params.rows, config.num_perm, need)
+            predicted = lsh.verified_catch_probability(truth, params.bands, params.rows, config.num_perm, need)
         else:
             predicted = lsh.candidate_probability(truth, params.bands, params.rows)
         q = Quality.measure(caught, truth, predicted, threshold)

@@ -134,6 +134,41 @@ def banding(
     return BandingParams(threshold, num_perm, bands, rows, float(fp[0]), float(fn[0]))
 
 
+def verified_catch_probability(
+    similarity: float | np.ndarray, bands: int, rows: int, num_perm: int, need: int
+) -> np.ndarray:
+    """P(a pair of true similarity s is kept with verification): some band agrees on all its rows AND at
+    least `need` of the num_perm rows agree (`verify` keeps a candidate whose estimated Jaccard, equal rows
+    / num_perm, is >= the threshold). Each row agrees with probability s, independently.
+
+    A dynamic program over the bands, vectorized over the similarities: dist[flag, k, i] is the
+    probability that k rows agree so far and (flag) some band agreed fully, for similarity i.
+    """
+    s = np.atleast_1d(np.asarray(similarity, dtype=np.float64))
+
+    def binomial(n: int) -> np.ndarray:  # [n + 1, len(s)]: P(k of n rows agree)
+        return np.array([math.comb(n, k) * s**k * (1 - s) ** (n - k) for k in range(n + 1)])
+
+    band = binomial(rows)
+    dist = np.zeros((2, num_perm + 1, len(s)))
+    dist[0, 0] = 1.0
+    for _ in range(bands):
+        new = np.zeros_like(dist)
+        for k in range(rows + 1):
+            shifted = np.zeros_like(dist)
+            shifted[:, k:] = dist[:, : num_perm + 1 - k] * band[k]
+            if k == rows:
+                new[1] += shifted[0] + shifted[1]
+            else:
+                new += shifted
+        dist = new
+    rest = binomial(num_perm - bands * rows)
+    full = np.zeros((num_perm + 1, len(s)))
+    for k in range(len(rest)):  # the rows outside the bands
+        full[k:] += dist[1, : num_perm + 1 - k] * rest[k]
+    return full[need:].sum(axis=0)
+
+
 def similarity_at_probability(p: float, bands: int, rows: int) -> float:
     """The Jaccard similarity s with P(candidate | s) = p (the inverse of the S-curve)."""
     return (1.0 - (1.0 - p) ** (1.0 / bands)) ** (1.0 / rows)

@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "token shards per source with a manifest accounting for every input record. A rerun resumes."
         ),
     )
-    ingest.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or directories")
-    ingest.add_argument("--out", required=True, help="output directory (token shards + manifest.json)")
+    ingest.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="files, directories or URIs (s3://bucket/prefix, file://...)")
+    ingest.add_argument("--out", required=True, help="output directory or URI (token shards + manifest.json)")
+    ingest.add_argument("--stage", metavar="DIR",
+                        help="local staging directory for a remote --out (default: under the system temp dir)")
     ingest.add_argument("--tokenizer", help="ice_text.model (default: ~/.icetk_models/ice_text.model)")
     ingest.add_argument("--workers", type=int, help="Ray workers (default 2)")
     ingest.add_argument("--ray-address", help="existing Ray cluster address (default: embedded Ray)")
@@ -118,7 +121,7 @@ def _run_ingest(args: argparse.Namespace) -> CommandResult:
     config = load_config(IngestConfig, args.config, section="ingest", values=values, overrides=args.set)
     if args.no_dedup:
         config.dedup.enabled = False
-    manifest = run_ingest(config, progress=not args.json)
+    manifest = run_ingest(config, progress=not args.json, stage=args.stage)
     return CommandResult(manifest, text=_ingest_text(manifest))
 
 

@@ -24,8 +24,10 @@ import re
 import shutil
 import time
 from collections import Counter
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -33,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from common import storage
 from common.atomic import atomic_write_json
 from common.config import to_dict
 from common.errors import ConfigError, GLMCorpusError
@@ -50,6 +53,11 @@ log = logging.getLogger(__name__)
 WORK_DIR = "work"
 DONE_FILE = "done.json"
 MANIFEST = "manifest.json"
+SPOOL_DIR = "spool"
+STAGE_ROOT = "glm-corpus-stage"
+DETECT_PREFIX_BYTES = 256 * 1024
+"""Bytes of a remote file read to detect its format: detection decompresses 64 KiB, and a zstd block
+(up to 128 KiB) or a few gzip blocks more than cover that."""
 SOURCE_OF_FORMAT = {"pile": "pile", "wudao": "wudao", "warc": "crawl", "wet": "crawl", "jsonl": "crawl"}
 WORK_EXTRA_SCHEMA = [
     pa.field("text_hash", pa.binary(16)),
@@ -83,6 +91,8 @@ class IngestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
+    """One input file: `path` is a local path or, for a remote file, its URI (and so its documents' path)."""
+
     path: str
     format: str
     source: str
@@ -96,34 +106,73 @@ class InputFile:
 
 
 def discover_inputs(config: IngestConfig) -> list[InputFile]:
-    """Expand directories, detect formats and sources; sorted by path so the order is deterministic."""
+    """Expand directories and URI prefixes, detect formats and sources; sorted by path (or URI) so the
+    order is deterministic. `file://` URIs are local paths; remote files are listed through pyarrow.fs."""
     from pipeline.readers.detect import detect_format
 
-    paths: list[Path] = []
+    sizes: dict[str, int] = {}
     for item in config.inputs:
-        path = Path(item)
+        if storage.is_remote(item):
+            sizes.update((uri, size) for uri, size in storage.list_files(item) if not _name(uri).startswith("."))
+            continue
+        path = Path(storage.local_path(item))
         if path.is_dir():
-            paths.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("."))
+            sizes.update((str(p), p.stat().st_size) for p in path.rglob("*")
+                         if p.is_file() and not p.name.startswith("."))
         elif path.is_file():
-            paths.append(path)
+            sizes[str(path)] = path.stat().st_size
         else:
             raise ConfigError(f"input {item} does not exist")
     files = []
-    for path in sorted(set(paths), key=str):
-        if path.suffix in {".md", ".html", ".py"}:  # documentation beside data files
+    for path in sorted(sizes):
+        if Path(_name(path)).suffix in {".md", ".html", ".py"}:  # documentation beside data files
             continue
-        fmt = config.format or detect_format(path)
+        remote = storage.is_remote(path)
+        fmt = config.format or (_detect_remote(path) if remote else detect_format(path))
         if fmt is None:
             log.warning("skipping %s: not a recognised input format (use --format to force one)", path)
             continue
         source = SOURCE_OF_FORMAT[fmt]
         for prefix, name in config.sources.items():
-            if str(path).startswith(prefix):
+            if path.startswith(prefix):
                 source = name
-        files.append(InputFile(str(path), fmt, source, path.stat().st_size))
+        files.append(InputFile(path, fmt, source, sizes[path]))
     if not files:
         raise ConfigError(f"no input files found in {', '.join(config.inputs)}")
     return files
+
+
+def _name(path: str) -> str:
+    """The file name of a local path or URI (without a URI's query)."""
+    return PurePosixPath(urlsplit(path).path).name if storage.is_remote(path) else Path(path).name
+
+
+def _detect_remote(uri: str) -> str | None:
+    """`detect_format` on the first DETECT_PREFIX_BYTES of a remote file, saved under the file's own name
+    (names matter to detection), so a remote file is detected as its local copy would be."""
+    import tempfile
+
+    from pipeline.readers.detect import detect_format
+
+    with tempfile.TemporaryDirectory(prefix="glm-corpus-detect-") as tmp:
+        head = Path(tmp) / (_name(uri) or "input")
+        head.write_bytes(storage.read_prefix(uri, DETECT_PREFIX_BYTES))
+        return detect_format(head)
+
+
+def _read_input(reader: Any, file: InputFile, work_root: Path, drops: DropLog, stats: Any) -> Iterator[Any]:
+    """The documents of one input file. A remote file is first copied (streamed) to a spool file under
+    the work directory and read from there, so readers, offsets and drop reasons are those of a local
+    file, while documents and drops name the URI; the spool file is removed once the file is read."""
+    if not storage.is_remote(file.path):
+        yield from reader.read(file.path, drops, stats)
+        return
+    spool = work_root / SPOOL_DIR / file.key
+    try:
+        storage.download(file.path, spool, expected_size=file.size)
+        yield from reader.read(file.path, drops, stats, local_path=spool)
+    finally:
+        spool.unlink(missing_ok=True)
 
 
 class FileWorker:
@@ -161,7 +210,7 @@ class FileWorker:
         reader = make_reader(file.format, source=file.source)
         read_stats = ReadStats()
         steps = [NormalizeStep(), LangIdStep(config.langid), QualityStep(config.quality)]
-        docs = reader.read(file.path, drops, read_stats)
+        docs = _read_input(reader, file, Path(work_root), drops, read_stats)
         for step in steps:
             docs = step.run(docs, drops)
 
@@ -253,10 +302,18 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the whole ingest stage; return the manifest."""
+def run_ingest(config: IngestConfig, progress: bool = True, stage: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole ingest stage; return the manifest.
+
+    `config.out` may be a remote URI: the run is then staged locally (`stage`, default a directory under
+    the system temp named by the URI) and uploaded, see `_run_ingest_remote`.
+    """
     if not config.out:
         raise ConfigError("ingest needs an output directory (--out)")
+    if storage.is_remote(config.out):
+        return _run_ingest_remote(config, progress, stage)
+    if storage.scheme(config.out) == "file":
+        config = dataclasses.replace(config, out=storage.local_path(config.out))
     from pipeline.tokenizer import GLMTokenizer
 
     GLMTokenizer(config.tokenizer)  # fail now, clearly, rather than inside every worker
@@ -291,6 +348,55 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> dict[str, Any]:
         shutil.rmtree(work_root, ignore_errors=True)
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     return manifest
+
+
+def _run_ingest_remote(config: IngestConfig, progress: bool, stage: str | None) -> dict[str, Any]:
+    """Run ingest into a local stage directory, then upload its outputs to the URI `config.out`.
+
+    A previous manifest.json is deleted first and the new one is uploaded last, so a reader that sees a
+    manifest sees a complete run (S3 and GCS objects appear whole when their upload completes; HDFS
+    files do not). The stage keeps the work shards and done.json files: a rerun with the same stage
+    resumes. The default stage is removed after the upload (unless keep_work); a given one is kept.
+    """
+    import tempfile
+
+    storage.check_bucket(config.out)
+    target = storage.join(config.out, MANIFEST)
+    previous = storage.read_bytes(target)
+    if previous is not None:
+        manifest = orjson.loads(previous)
+        if manifest.get("config") == to_dict(config) and \
+                manifest.get("inputs") == [dataclasses.asdict(f) for f in discover_inputs(config)]:
+            log.info("%s is complete for these inputs and config: nothing to do", target)
+            return manifest
+    default_stage = Path(tempfile.gettempdir()) / STAGE_ROOT / xxhash.xxh64_hexdigest(config.out.encode())
+    stage_dir = Path(stage) if stage else default_stage
+    result = run_ingest(dataclasses.replace(config, out=str(stage_dir)), progress)
+    manifest = _restaged(orjson.loads((stage_dir / MANIFEST).read_bytes()), str(stage_dir), config.out)
+    manifest.update(out=config.out, config=to_dict(config))
+    storage.delete(target)
+    for path in sorted(stage_dir.rglob("*")):
+        relative = path.relative_to(stage_dir)
+        if path.is_file() and relative.parts[0] != WORK_DIR and relative.as_posix() != MANIFEST and \
+                not any(part.startswith(".") for part in relative.parts):  # hidden: atomic-write leftovers
+            storage.upload(path, storage.join(config.out, relative.as_posix()))
+    storage.write_bytes(target, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    if not stage and not config.keep_work:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    if "seconds" in result:
+        manifest["seconds"] = result["seconds"]
+    return manifest
+
+
+def _restaged(value: Any, stage: str, uri: str) -> Any:
+    """`value` with every path under the stage directory (the dedup listing's, say) as a URI under `uri`."""
+    if isinstance(value, dict):
+        return {key: _restaged(item, stage, uri) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_restaged(item, stage, uri) for item in value]
+    if isinstance(value, str) and value.startswith(stage + "/"):
+        return storage.join(uri, value[len(stage) + 1 :])
+    return value
 
 
 def _check_writable(out: Path) -> None:

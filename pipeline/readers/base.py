@@ -113,11 +113,18 @@ class ReadStats:
 
 
 class FileContext:
-    """The accounting of one file being read: every record goes through `document()` or `drop()`."""
+    """The accounting of one file being read: every record goes through `document()` or `drop()`.
 
-    def __init__(self, reader: Reader, path: str, drops: DropLog, stats: ReadStats) -> None:
+    `path` is the local file the reader opens; `name` is what documents and drops record as their
+    file (the same path, or the URI of a remote file that was copied to `path`).
+    """
+
+    def __init__(
+        self, reader: Reader, path: str, drops: DropLog, stats: ReadStats, name: str | None = None
+    ) -> None:
         self.reader = reader
         self.path = path
+        self.name = name if name is not None else path
         self.drops = drops
         self.stats = stats
         self.source = reader.source
@@ -125,13 +132,13 @@ class FileContext:
     def document(self, text: str, offset: int, meta: dict[str, Any] | None = None) -> Document:
         self.stats.records_seen += 1
         self.stats.docs_yielded += 1
-        return Document(text, self.source, self.path, offset, meta if meta is not None else {})
+        return Document(text, self.source, self.name, offset, meta if meta is not None else {})
 
     def drop(self, reason: str, offset: int | None, detail: str = "", *, bad_input: bool = True) -> None:
         """Count one record as dropped. Under a strict DropLog, bad input raises BadRecordError here."""
         self.stats.records_seen += 1
         self.stats.dropped[reason] += 1
-        self.drops.drop(reason, self.path, offset, detail, bad_input=bad_input)
+        self.drops.drop(reason, self.name, offset, detail, bad_input=bad_input)
 
 
 class Reader:
@@ -150,18 +157,24 @@ class Reader:
         self.totals = ReadStats(path="*")
 
     def read(
-        self, path: str | os.PathLike[str], drops: DropLog, stats: ReadStats | None = None
+        self,
+        path: str | os.PathLike[str],
+        drops: DropLog,
+        stats: ReadStats | None = None,
+        local_path: str | os.PathLike[str] | None = None,
     ) -> Iterator[Document]:
         """Stream the documents of one file; bad records are counted in `drops` (or raise under strict).
 
         Pass a fresh `ReadStats` to get this file's counts; they are added to `self.totals` when the
-        file is done (or abandoned).
+        file is done (or abandoned). `local_path`: read the bytes from this local copy while documents
+        and drops name `path` (a remote file's URI), so ids and offsets match a local read.
         """
         path = os.fspath(path)
         stats = stats if stats is not None else ReadStats()
         stats.path = path
+        source = os.fspath(local_path) if local_path is not None else path
         try:
-            yield from self._read(FileContext(self, path, drops, stats))
+            yield from self._read(FileContext(self, source, drops, stats, name=path))
         finally:
             self.totals.merge(stats)
 

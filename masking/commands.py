@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from common.command import CommandResult
-from masking.inspect import inspect_row
+from masking.inspect import COLOR_CHOICES, color_enabled, inspect_row, write_mask_picture
 from masking.stage import load_masking_config, run_masking
 from masking.stats import render
 
@@ -52,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect",
         help="print one training row readably (segments, Part A, Part B, positions)",
         description="Show row ROW of the training shards in DIR: each segment's Part A and Part-B blocks with "
-        "their 2D positions, decoded to text when a tokenizer is found.",
+        "their 2D positions, decoded to text when a tokenizer is found. In colour, Part A is blue, each Part-B "
+        "span has its own colour and its [MASK]/[gMASK] the same colour in reverse video, [sop]/[eop] are "
+        "bold grey, positions underlined. --mask-png/--mask-svg draw the row's attention mask.",
     )
     inspect.add_argument("dir", help="training-shard directory (the --out of `glm-corpus mask`)")
     inspect.add_argument("row", type=int, help="row index")
@@ -60,6 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument(
         "--full", action="store_true", help="print every token (long parts are elided otherwise)"
     )
+    inspect.add_argument(
+        "--color",
+        choices=COLOR_CHOICES,
+        default="auto",
+        help="colour the text with ANSI escapes (auto: only on a terminal and unless NO_COLOR is set)",
+    )
+    inspect.add_argument(
+        "--mask-png",
+        metavar="FILE",
+        help="write the row's attention mask as a PNG picture (needs matplotlib: the `report` extra)",
+    )
+    inspect.add_argument("--mask-svg", metavar="FILE", help="the same picture as SVG")
     inspect.set_defaults(run=run_inspect)
 
 
@@ -81,5 +96,16 @@ def run_mask(args: argparse.Namespace) -> CommandResult:
 
 
 def run_inspect(args: argparse.Namespace) -> CommandResult:
-    summary, text = inspect_row(args.dir, args.row, args.tokenizer, full=args.full)
+    color = not args.json and color_enabled(args.color, sys.stdout)
+    summary, text = inspect_row(args.dir, args.row, args.tokenizer, full=args.full, color=color)
+    pictures = [
+        write_mask_picture(summary, path, fmt)
+        for path, fmt in ((args.mask_png, "png"), (args.mask_svg, "svg"))
+        if path
+    ]
+    if pictures:
+        summary["mask_pictures"] = pictures
+        text += "\n\n" + "\n".join(
+            f"attention mask: {p['path']} ({p['format']}, {p['width']}x{p['height']} px)" for p in pictures
+        )
     return CommandResult(summary, text=text)

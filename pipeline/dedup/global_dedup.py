@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.atomic import atomic_path
+from common.progress import Progress
 from pipeline.dedup.cluster import ConcatenatedSignatures, run_near_dedup
 from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.exact import DROP_REASON as EXACT_REASON
@@ -75,7 +76,9 @@ def deduplicate_work_shards(
 
     if config.exact and n:
         digests = [b for t in tables for b in t.column("text_hash").to_pylist()]
-        exact = exact_duplicates(digests_to_keys(digests), partitions=config.partitions, map_fn=mapper)
+        with Progress("dedup exact", total=n, unit="doc", enabled=progress) as bar:
+            exact = exact_duplicates(digests_to_keys(digests), partitions=config.partitions, map_fn=mapper)
+            bar.update(n)
         dropped = exact.dropped_doc.astype(np.int64)
         reason[dropped] = EXACT_REASON
         survivor_of[dropped] = exact.survivor.astype(np.int64)
@@ -87,14 +90,16 @@ def deduplicate_work_shards(
         quality = np.concatenate([t.column("quality").to_numpy() for t in tables]).astype(np.float64)
         length = np.concatenate([t.column("text_chars").to_numpy() for t in tables]).astype(np.int64)
         signatures = ConcatenatedSignatures([Path(w) / "signatures.npy" for w in work_dirs])
-        near = run_near_dedup(
-            signatures, config.threshold,
-            bands=config.bands or None, rows=config.rows or None,
-            partitions=config.partitions, map_fn=mapper, verify=config.verify,
-            quality=quality, length=length, chunk_docs=config.chunk_docs,
-            false_positive_weight=config.false_positive_weight,
-            false_negative_weight=config.false_negative_weight,
-        )
+        with Progress("dedup near", total=n, unit="doc", enabled=progress) as bar:
+            near = run_near_dedup(
+                signatures, config.threshold,
+                bands=config.bands or None, rows=config.rows or None,
+                partitions=config.partitions, map_fn=mapper, verify=config.verify,
+                quality=quality, length=length, chunk_docs=config.chunk_docs,
+                false_positive_weight=config.false_positive_weight,
+                false_negative_weight=config.false_negative_weight,
+            )
+            bar.update(n)
         labels = near.cluster_of()
         in_cluster = labels >= 0
         cluster[in_cluster] = labels[in_cluster]

@@ -167,7 +167,8 @@ def _eager_flex_attention() -> Any:
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, dense: Tensor) -> Tensor:
     """Matmul-softmax attention; the softmax runs in float32 whatever the input dtype (GLM-130B)."""
     scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = scores.float().masked_fill(~dense, float("-inf"))
+    # At least float32: 16-bit scores are upcast, float64 ones (the reference) stay float64.
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~dense, float("-inf"))
     weights = torch.softmax(scores, dim=-1).to(v.dtype)  # FP32 softmax
     return weights @ v
 

@@ -9,12 +9,16 @@ whole head by one position per token.
 Rotation convention: "rotate half" within each rotated chunk of width n: the pairs are (x[i], x[i + n/2]) with
 angle pos * base^(-2i/n). Angles and the rotation are computed in float32 and the result cast back to the input
 dtype, so fp16/bf16 runs rotate exactly like fp32 ones.
+
+`apply_rotary_qk` is the model's entry point: on CUDA it rotates q and k with one `torch.compile`d fused
+kernel (forward and backward); on CPU it is `apply_rotary` on each, bit for bit (tests/test_gpu.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -72,3 +76,39 @@ def rope_2d_tables(
 def rope_1d_tables(positions: Tensor, head_dim: int, base: float = 10_000.0) -> RotaryTables:
     """Plain (1D) RoPE over the whole head, as GLM-130B uses with its 1D positions."""
     return rotary_tables([positions], head_dim, base)
+
+
+# ------------------------------------------------------------------------------------- compiled (CUDA) path
+
+
+def _rotate_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, chunks: int) -> tuple[Tensor, Tensor]:
+    """`apply_rotary`'s maths on q and k in one function, so that the compiler fuses both into one pass."""
+    qf, kf = q.float(), k.float()
+    q_out = qf * cos + rotate_half(qf, chunks) * sin
+    k_out = kf * cos + rotate_half(kf, chunks) * sin
+    return q_out.to(q.dtype), k_out.to(k.dtype)
+
+
+@functools.cache
+def compiled_rotate_qk(backend: str = "inductor") -> Callable[..., tuple[Tensor, Tensor]]:
+    """`_rotate_qk` under `torch.compile` (one graph, no breaks; shapes specialised, as in the trainer where every
+    layer of a batch has the same shapes). Inductor fuses the elementwise graph into one kernel per pass: the forward
+    reads q, k, cos, sin once and writes the rotated q and k; the backward (the transposed rotation) is
+    generated from the same graph. `backend="aot_eager"` traces the same graph without code generation (CPU
+    tests)."""
+    return torch.compile(_rotate_qk, backend=backend, dynamic=False, fullgraph=True)
+
+
+def apply_rotary_qk(
+    q: Tensor, k: Tensor, tables: RotaryTables, *, compiled: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """Rotate queries and keys [B, heads, L, head_dim] by the batch's positions (1D or 2D tables).
+
+    On CUDA (or with `compiled=True`) this runs the compiled fused kernel, equal to `apply_rotary` within float32
+    rounding (the compiler may contract a multiply-add into an FMA; 16-bit outputs can then differ by one unit
+    in the last place). Elsewhere it is exactly `apply_rotary` on q and on k, so CPU results are unchanged.
+    """
+    use_compiled = q.device.type == "cuda" if compiled is None else compiled
+    if not use_compiled:
+        return apply_rotary(q, tables), apply_rotary(k, tables)
+    return compiled_rotate_qk()(q, k, tables.cos, tables.sin, tables.chunks)

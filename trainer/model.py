@@ -36,7 +36,7 @@ from kernels.glm_attention import (
     glm_attention,
     segment_layout,
 )
-from kernels.rope import RotaryTables, apply_rotary, rope_1d_tables, rope_2d_tables
+from kernels.rope import RotaryTables, apply_rotary_qk, rope_1d_tables, rope_2d_tables
 from trainer.config import ModelConfig
 from trainer.parallel import (
     ColumnParallelLinear,
@@ -67,7 +67,7 @@ class SelfAttention(nn.Module):
         batch, length, _ = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.local_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
-        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        q, k = apply_rotary_qk(q, k, rotary)  # one compiled fused kernel on CUDA; apply_rotary on CPU
         out = glm_attention(q, k, v, mask)  # GLM mask over packed segments; softmax in fp32
         return self.dense(out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim))
 

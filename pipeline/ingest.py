@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 WORK_DIR = "work"
 DONE_FILE = "done.json"
 MANIFEST = "manifest.json"
+MAX_FILE_RETRIES = 3
+"""Times a file is resubmitted after its worker's node was lost (beyond Ray's own task retries)."""
 SPOOL_DIR = "spool"
 STAGE_ROOT = "glm-corpus-stage"
 DETECT_PREFIX_BYTES = 256 * 1024
@@ -432,6 +434,7 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
     # Largest files first so the last task to finish is a small one.
     queue = sorted(files, key=lambda f: (-f.size, f.path))
     in_flight: dict[Any, tuple[Any, InputFile]] = {}
+    retries: dict[str, int] = {}
     with Progress("ingest", total=len(files), unit="file", enabled=progress) as bar:
         idle = list(workers)
         while queue or in_flight:
@@ -443,6 +446,20 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
             worker, file = in_flight.pop(ready[0])
             try:
                 summary = ray.get(ready[0])
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError) as exc:
+                # The actor's node went away mid-file. A file's work is sealed atomically (done.json last),
+                # so processing it again is safe: requeue it, on a fresh actor if this one is gone for good.
+                retries[file.path] = retries.get(file.path, 0) + 1
+                if retries[file.path] > MAX_FILE_RETRIES:
+                    raise GLMCorpusError(f"{file.path}: its worker was lost {retries[file.path]} times: {exc}") from None
+                log.warning("worker lost while processing %s (%s); retrying the file", file.path, type(exc).__name__)
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    workers.remove(worker)
+                    worker = actor_cls.remote(config_dict)
+                    workers.append(worker)
+                queue.insert(0, file)
+                idle.append(worker)
+                continue
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(exc.cause, GLMCorpusError) else None
                 if cause is not None:

@@ -968,7 +968,7 @@ def _plots(rows: list[dict[str, Any]], report: dict[str, Any], sizes: tuple[floa
         x, y = series(config, "whole chain", "MB/s per core")
         if x:
             axes[0].plot(x, y, markers[config], label=config)
-    axes[0].set(xscale="log", xlabel="raw text (MB)", ylabel="MB/s per core", title="whole chain, per core")
+    axes[0].set(xscale="log", xlabel="raw text (MB)", ylabel="raw MB/s per core", title="whole chain, per core")
     axes[0].set_ylim(bottom=0)
     axes[0].legend()
     for stage in ("ingest: per-file", "ingest: global dedup", "ingest: final shards", "mask", "audit"):
@@ -977,6 +977,8 @@ def _plots(rows: list[dict[str, Any]], report: dict[str, Any], sizes: tuple[floa
     axes[1].set(xscale="log", yscale="log", xlabel="raw text (MB)", ylabel="raw MB/s per core",
                 title="per stage, 1 worker")
     axes[1].legend(fontsize=8)
+    for ax in axes:
+        _size_ticks(ax, sizes)
     fig.tight_layout()
     fig.savefig(folder / "scale-throughput.png", dpi=90)
     plt.close(fig)
@@ -996,6 +998,7 @@ def _plots(rows: list[dict[str, Any]], report: dict[str, Any], sizes: tuple[floa
         ax.set(xscale="log", xlabel="raw text (MB)", ylabel="peak RSS (MB)", title=f"peak RSS per process, {config}")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
+        _size_ticks(ax, sizes)
     fig.tight_layout()
     fig.savefig(folder / "scale-memory.png", dpi=90)
     plt.close(fig)
@@ -1023,6 +1026,21 @@ def _plots(rows: list[dict[str, Any]], report: dict[str, Any], sizes: tuple[floa
     plt.close(fig)
 
 
+def _size_ticks(ax: Any, sizes: tuple[float, ...]) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(list(sizes), [f"{x:g}" for x in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def replot(json_path: Path, folder: Path) -> None:
+    """The plots again from a `--json` file of an earlier run."""
+    saved = json.loads(json_path.read_text())
+    report = saved["report"]
+    report["sizes"] = {float(k): v for k, v in report["sizes"].items()}
+    _plots(saved["rows"], report, tuple(sorted(report["sizes"])), folder)
+
+
 # ------------------------------------------------------------------------------------------------- entry
 
 
@@ -1036,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "default sizes)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the plots from a --json file")
     parser.add_argument("--chain", help=argparse.SUPPRESS)
     parser.add_argument("--dedup", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1046,6 +1065,9 @@ def main(argv: list[str] | None = None) -> int:
             result = function(spec)
             Path(spec["result"]).write_text(json.dumps(result))
             return 0
+    if args.replot:
+        replot(args.replot, args.plots or DEFAULT_IMG)
+        return 0
     rows, checks, projected, report = measure_all(
         quick=args.quick, sizes=tuple(args.sizes) if args.sizes else None, plots=args.plots, seed=args.seed,
         json_path=args.json)

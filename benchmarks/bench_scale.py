@@ -34,8 +34,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from tests.local_cluster import LocalCluster, ray_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMG = ROOT / "docs" / "img"
@@ -574,70 +574,6 @@ class Sampler(threading.Thread):
         return sample[1].get(kind, 0) / MB
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _session_pids(sid: int) -> list[int]:
-    return [pid for pid, (_, session, *_) in _proc_table().items() if session == sid]
-
-
-class LocalRayCluster:
-    """Two Ray nodes on this machine (head + worker, 1 CPU each), each `ray start` in its own process session;
-    killing the sessions ends every daemon and worker they started (the approach of tests/local_cluster.py)."""
-
-    def __init__(self, temp_dir: Path, env: dict[str, str]) -> None:
-        self.ray_bin = str(Path(sys.executable).with_name("ray"))
-        self.temp_dir, self.env = temp_dir, env
-        self.address = f"127.0.0.1:{_free_port()}"
-        self.sessions: list[int] = []
-
-    def _start(self, args: list[str]) -> None:
-        common = ["--num-cpus=1", "--object-store-memory=268435456", "--node-ip-address=127.0.0.1"]
-        proc = subprocess.Popen([self.ray_bin, "start", *args, *common], env=self.env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.sessions.append(proc.pid)
-        output, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start failed:\n{output[-2000:]}")
-
-    def __enter__(self) -> LocalRayCluster:
-        port = self.address.rsplit(":", 1)[1]
-        try:
-            self._start(["--head", f"--port={port}", f"--dashboard-port={_free_port()}", "--include-dashboard=false",
-                         f"--temp-dir={self.temp_dir}"])
-            self._start([f"--address={self.address}"])
-            deadline = time.monotonic() + 60
-            while True:
-                status = subprocess.run([self.ray_bin, "status", f"--address={self.address}"], env=self.env,
-                                        capture_output=True, text=True, timeout=60).stdout
-                if status.count(" node_") == 2 and "/2.0 CPU" in status:
-                    return self
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the second Ray node never joined:\n{status[-2000:]}")
-                time.sleep(1)
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        for sid in self.sessions:
-            for pid in _session_pids(sid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_session_pids(s) for s in self.sessions):
-            time.sleep(0.2)
-
-
-def _ray_available() -> bool:
-    return Path(sys.executable).with_name("ray").exists()
-
-
 def measure(mode: str, spec: dict[str, Any], root: Path, cluster: bool = False) -> dict[str, Any]:
     """Run `--chain` or `--dedup` in a fresh driver process and sample it; return its result and samples."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir=root))
@@ -646,7 +582,8 @@ def measure(mode: str, spec: dict[str, Any], root: Path, cluster: bool = False) 
     spec_path = ray_tmp.with_suffix(".json")
     result_path = ray_tmp.with_suffix(".result.json")
     load_before = os.getloadavg()
-    context = LocalRayCluster(ray_tmp, env) if cluster else None
+    # 1 CPU per node: 2 workers, one on each node (the shared test cluster gives each node 2).
+    context = LocalCluster(ray_tmp, cpus_per_node=1, object_store_bytes=256 << 20, env=env) if cluster else None
     cluster_seconds = 0.0
     try:
         if context is not None:
@@ -750,7 +687,7 @@ def measure_all(quick: bool = False, sizes: tuple[float, ...] | None = None, plo
             corpus["seconds"] = time.perf_counter() - started
             entry = report["sizes"][size] = {"corpus": corpus, "configs": {}}
             configs = [("1 worker", 1, False), ("2 workers", 2, False)]
-            if size == middle and _ray_available():
+            if size == middle and Path(ray_command()).exists():
                 configs.append(("2-node cluster", 2, True))
             for name, workers, cluster in configs:
                 out = root / f"out-{size:g}-{workers}{'c' if cluster else ''}"

@@ -42,7 +42,8 @@ def _line(text: str) -> bytes:
     return orjson.dumps({"text": text})
 
 
-def _jsonl(lines: list[bytes]) -> tuple[bytes, list[int]]:
+def jsonl(lines: list[bytes]) -> tuple[bytes, list[int]]:
+    """Lines joined as a jsonl file, and the byte offset of each line (the readers' record offsets)."""
     offsets, position = [], 0
     for line in lines:
         offsets.append(position)
@@ -112,7 +113,7 @@ def write_hostile_corpus(root: Path) -> list[Hostile]:
 
     # A 100 MB single line, uncompressed.
     big = b'{"text": "' + b"word " * (20 * 1000 * 1000) + b'"}'
-    data, offsets = _jsonl([_line(good), big, _line(ENGLISH[2])])
+    data, offsets = jsonl([_line(good), big, _line(ENGLISH[2])])
     put("hundred_mb_line.jsonl", data,
         Hostile("hundred_mb_line.jsonl", [good, ENGLISH[2]], [("document_too_large", offsets[1])]))
     del big, data
@@ -128,7 +129,7 @@ def write_hostile_corpus(root: Path) -> list[Hostile]:
         orjson.dumps({"text": "escaped \u0000 NUL survives the reader"}),
         _line(ENGLISH[1]),
     ]
-    data, offsets = _jsonl(lines)
+    data, offsets = jsonl(lines)
     put("mixed_damage.jsonl", data, Hostile(
         "mixed_damage.jsonl",
         [good, "escaped \u0000 NUL survives the reader", ENGLISH[1]],

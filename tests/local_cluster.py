@@ -1,4 +1,4 @@
-"""A two-node Ray cluster on this machine, for tests that need a real multi-node run (issue 10)."""
+"""A two-node Ray cluster on this machine, for tests and benchmarks that need a real multi-node run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,44 +29,54 @@ def _kill_session(sid: int) -> None:
             pass
 
 
+def ray_command() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
 class LocalCluster:
     """Two Ray nodes on this machine, each `ray start` in its own process session (so killing a session ends
-    a node and every daemon and worker it started); 2 CPUs each, so either node can host both actors."""
+    a node and every daemon and worker it started). 2 CPUs each by default, so either node can host both of
+    the ingest's actors when the other is lost."""
 
-    def __init__(self, temp_dir: Path) -> None:
-        self.ray_bin = str(Path(sys.executable).with_name("ray"))
-        self.temp_dir = temp_dir
+    def __init__(self, temp_dir: Path, cpus_per_node: int = 2, object_store_bytes: int = 100_000_000,
+                 env: dict[str, Any] | None = None) -> None:
+        self.ray_bin = ray_command()
+        if not Path(self.ray_bin).exists():
+            raise RuntimeError(f"the `ray` command is not installed beside this Python ({self.ray_bin})")
+        self.temp_dir, self.cpus, self.object_store_bytes = temp_dir, cpus_per_node, object_store_bytes
         # Ray 2.5x+ token auth would stop the second node joining; fast health checks so a killed node is
         # declared dead within seconds rather than the default ~30 s.
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
-                        RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="1000",
-                        RAY_health_check_failure_threshold="3")
+        self.env = dict(env if env is not None else os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0",
+                        RAY_AUTH_MODE="disabled", RAY_health_check_period_ms="500",
+                        RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3")
         self.address = f"127.0.0.1:{_free_port()}"
         self.sessions: list[int] = []  # [head, worker]: process-session ids
 
     def _start(self, args: list[str]) -> None:
-        common = ["--num-cpus=2", "--object-store-memory=100000000", "--node-ip-address=127.0.0.1"]
+        common = [f"--num-cpus={self.cpus}", f"--object-store-memory={self.object_store_bytes}",
+                  "--node-ip-address=127.0.0.1"]
         proc = subprocess.Popen([self.ray_bin, "start", *args, *common], env=self.env, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.sessions.append(proc.pid)
-        output, _ = proc.communicate(timeout=90)
-        assert proc.returncode == 0, output[-3000:]
+        output, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`ray start` failed:\n{output[-3000:]}")
 
     def __enter__(self) -> LocalCluster:
-        if not Path(self.ray_bin).exists():
-            pytest.skip("the `ray` command is not installed beside this Python")
         port = self.address.rsplit(":", 1)[1]
+        idle = f"0.0/{2 * self.cpus}.0 CPU"
         try:
             self._start(["--head", f"--port={port}", f"--dashboard-port={_free_port()}",
                          "--include-dashboard=false", f"--temp-dir={self.temp_dir}"])
             self._start([f"--address={self.address}"])
-            deadline = time.monotonic() + 45
+            deadline = time.monotonic() + 60
             while True:  # the autoscaler's view of the cluster lags the second `ray start` by a few seconds
                 status = subprocess.run([self.ray_bin, "status", f"--address={self.address}"], env=self.env,
                                         capture_output=True, text=True, timeout=60).stdout
-                if status.count(" node_") == 2 and "0.0/4.0 CPU" in status:
+                if status.count(" node_") == 2 and idle in status:
                     return self
-                assert time.monotonic() < deadline, f"the second node never joined:\n{status[-2000:]}"
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the second node never joined:\n{status[-2000:]}")
                 time.sleep(1)
         except BaseException:
             self.__exit__()
@@ -80,7 +89,8 @@ class LocalCluster:
         while time.monotonic() < deadline and any(_session_alive(g) for g in self.sessions):
             time.sleep(0.1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-        assert not any(_session_alive(g) for g in self.sessions), "a Ray node process outlived the test"
+        if any(_session_alive(g) for g in self.sessions):
+            raise RuntimeError("a Ray node process outlived its SIGKILL")
 
     def cli(self, *argv: str, timeout: int = 240) -> subprocess.CompletedProcess:
         """`glm-corpus ARGV --ray-address <this cluster>` in a subprocess (a driver of its own)."""

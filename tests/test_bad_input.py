@@ -24,6 +24,7 @@ from pipeline.readers import (
     WudaoReader,
     reader_for,
 )
+from tests.hostile_corpus import jsonl
 
 
 def read(reader, path, strict: bool = False):
@@ -41,12 +42,6 @@ def only_drop(drops: DropLog) -> tuple[str, int | None]:
     return reason, example.offset
 
 
-def jsonl(lines: list[bytes]) -> tuple[bytes, list[int]]:
-    offsets, position = [], 0
-    for line in lines:
-        offsets.append(position)
-        position += len(line) + 1
-    return b"\n".join(lines) + b"\n", offsets
 
 
 GOOD = orjson.dumps({"text": "a good document", "meta": {"pile_set_name": "Pile-CC"}})

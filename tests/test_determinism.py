@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from pipeline.demo import run_demo
-from tests.local_cluster import LocalCluster
+from tests.local_cluster import LocalCluster, ray_command
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.slow]
 
@@ -62,6 +62,8 @@ def runs(tmp_path_factory, ray_session) -> dict[str, dict[str, Any]]:
             run_demo(out, workers=workers, scale=SCALE, train_steps=TRAIN_STEPS)
         results[f"{workers} worker(s)"] = fingerprint(out)
         shutil.rmtree(out)
+    if not Path(ray_command()).exists():
+        pytest.skip("the `ray` command is not installed beside this Python")
     with LocalCluster(Path(f"/tmp/ray_det_{os.getpid()}")) as cluster:  # AF_UNIX paths: <= 107 bytes
         result = cluster.cli("demo", "--out", str(out), "--workers", "2", "--scale", str(SCALE),
                              "--train-steps", str(TRAIN_STEPS), timeout=600)

@@ -25,8 +25,10 @@ import pytest
 from pipeline.ingest import IngestConfig, run_ingest
 from shards.token_shards import TokenShardWriter
 from shards.verify import verify_directory
-from tests.local_cluster import LocalCluster, _kill_session, _session_members
+from tests.local_cluster import LocalCluster, _kill_session, _session_members, ray_command
 
+NEEDS_RAY_COMMAND = pytest.mark.skipif(not Path(ray_command()).exists(),
+                                       reason="the `ray` command is not installed beside this Python")
 pytestmark = [pytest.mark.faults, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +324,7 @@ def test_disk_full_while_writing_final_shards_is_a_clear_error(
 # 3. A two-node Ray cluster on one machine
 
 
+@NEEDS_RAY_COMMAND
 def test_two_node_cluster_gives_identical_shards(baseline, small_raw_corpus, tiny_model, tmp_path):
     _, expected = baseline
     raw, _ = small_raw_corpus
@@ -335,6 +338,7 @@ def test_two_node_cluster_gives_identical_shards(baseline, small_raw_corpus, tin
         assert verify_directory(out, progress=False)["ok"]
 
 
+@NEEDS_RAY_COMMAND
 def test_node_killed_mid_run_still_gives_identical_shards(baseline, small_raw_corpus, tiny_model, tmp_path):
     """SIGKILL the whole second node (raylet, object store, its worker processes) while one of its
     FileWorkers is processing a file: Ray declares the node dead, restarts that actor on the head node and

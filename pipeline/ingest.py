@@ -46,7 +46,7 @@ from pipeline.dedup.exact import text_hash
 from pipeline.document import DropLog
 from pipeline.langid import LangIdConfig
 from pipeline.quality import QualityConfig
-from shards.token_shards import TokenShards, TokenShardWriter
+from shards.token_shards import TokenShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +339,9 @@ def run_ingest(config: IngestConfig, progress: bool = True, stage: str | None = 
     phases["files"] = time.perf_counter() - started
     summaries = [orjson.loads((work_root / f.key / DONE_FILE).read_bytes()) for f in files]
 
-    decisions = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
+    dedup = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
     phases["dedup"] = time.perf_counter() - started - phases["files"]
-    manifest = _write_final_shards(config, files, summaries, decisions, work_root, out, progress)
+    manifest = _write_final_shards(config, files, summaries, dedup, work_root, out, progress)
     phases["write"] = time.perf_counter() - started - phases["files"] - phases["dedup"]
     log.info("ingest phases (s): %s", {k: round(v, 2) for k, v in phases.items()})
     manifest["inputs"] = [dataclasses.asdict(f) for f in files]
@@ -475,17 +475,18 @@ def _process_files(config: IngestConfig, files: list[InputFile], work_root: Path
 
 
 def _deduplicate(config: IngestConfig, files: list[InputFile], work_root: Path, progress: bool) -> dict[str, Any]:
-    """Global exact + near dedup over every file's work shard; returns per-file keep masks and listings.
+    """Global exact + near dedup over every file's work shard; writes each shard's decisions beside it
+    (`pipeline.dedup.global_dedup.DECISIONS`) and `OUT/dedup/dropped.parquet`; returns the summary.
 
     Files are numbered for dedup by `dedup.source_priority`, then path, so a copy in a curated source
-    survives its crawled duplicate; the result is mapped back to input order.
+    survives its crawled duplicate.
     """
     from pipeline.dedup.global_dedup import deduplicate_work_shards
 
     priority = {name: rank for rank, name in enumerate(config.dedup.source_priority)}
     order = sorted(range(len(files)),
                    key=lambda i: (priority.get(files[i].source, len(priority)), files[i].source, files[i].path))
-    decisions = deduplicate_work_shards(
+    return deduplicate_work_shards(
         config.dedup,
         [work_root / files[i].key for i in order],
         [files[i].source for i in order],
@@ -493,90 +494,78 @@ def _deduplicate(config: IngestConfig, files: list[InputFile], work_root: Path, 
         workers=config.workers,
         progress=progress,
     )
-    position = {file_index: rank for rank, file_index in enumerate(order)}
-    for key in ("keep", "cluster_id", "dropped_masks"):
-        decisions[key] = [decisions[key][position[i]] for i in range(len(files))]
-    return decisions
 
 
 def _write_final_shards(
     config: IngestConfig,
     files: list[InputFile],
     summaries: list[dict[str, Any]],
-    decisions: dict[str, Any] | None,
+    dedup: dict[str, Any] | None,
     work_root: Path,
     out: Path,
     progress: bool,
 ) -> dict[str, Any]:
+    """Plan each source's final shards in the driver, file by file, and write them as tasks
+    (pipeline.final_shards); aggregate the manifest from the files' summaries and the shards' counts."""
+    import functools
+    from collections import deque
+
+    from pipeline.dedup.global_dedup import ray_map
+    from pipeline.final_shards import plan_source, write_shard
+
     sources: dict[str, dict[str, Any]] = {}
     by_source: dict[str, list[int]] = {}
     for i, file in enumerate(files):
         by_source.setdefault(file.source, []).append(i)
+    for source in sorted(by_source):
+        entry = sources[source] = {
+            "docs_in": 0, "docs_out": 0, "dropped": Counter(), "bytes_in": 0, "tokens_out": 0,
+            "langs": Counter(), "files": [], "shards": [], "stages": {},
+        }
+        for i in by_source[source]:
+            file, summary = files[i], summaries[i]
+            entry["docs_in"] += summary["docs_in"]
+            entry["bytes_in"] += summary["bytes_in"]
+            entry["dropped"].update(summary["drops"]["dropped"])
+            for name, stats in summary["steps"].items():
+                agg = entry["stages"].setdefault(
+                    name, {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "dropped": Counter()}
+                )
+                for key in ("docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out"):
+                    if key in stats:
+                        agg[key] = agg.get(key, 0) + stats[key]
+                agg["dropped"].update(stats.get("dropped", {}))
+                if "seconds" in stats:  # read and tokenize run interleaved with the steps: not timed apart
+                    agg["seconds"] = round(agg.get("seconds", 0.0) + stats["seconds"], 6)
+            entry["files"].append(file.path)
+
+    kept = sum(summary["docs_kept"] for summary in summaries)
+    distributed = config.workers > 1 and kept >= config.dedup.distributed_min_docs
+    mapper = ray_map(config.workers) if distributed else map
+    job_sources: deque[str] = deque()
     with Progress("write shards", total=len(files), unit="file", enabled=progress) as bar:
-        for source in sorted(by_source):
-            entry = sources[source] = {
-                "docs_in": 0, "docs_out": 0, "dropped": Counter(), "bytes_in": 0, "tokens_out": 0,
-                "langs": Counter(), "files": [], "shards": [], "stages": {},
-            }
-            shard_no = 0
-            writer: TokenShardWriter | None = None
-            writer_tokens = 0
-            for i in by_source[source]:
-                file, summary = files[i], summaries[i]
-                work = TokenShards(work_root / file.key / "docs")
-                table = work.provenance
-                keep = np.ones(len(work), dtype=bool)
-                cluster = np.full(len(work), -1, dtype=np.int64)
-                if decisions is not None:
-                    keep = decisions["keep"][i]
-                    cluster = decisions["cluster_id"][i]
-                    for reason, mask in decisions["dropped_masks"][i].items():
-                        if mask.any():
-                            entry["dropped"][reason] += int(mask.sum())
-                entry["docs_in"] += summary["docs_in"]
-                entry["bytes_in"] += summary["bytes_in"]
-                entry["dropped"].update(summary["drops"]["dropped"])
-                for name, stats in summary["steps"].items():
-                    agg = entry["stages"].setdefault(
-                        name, {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "dropped": Counter()}
-                    )
-                    for key in ("docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out"):
-                        if key in stats:
-                            agg[key] = agg.get(key, 0) + stats[key]
-                    agg["dropped"].update(stats.get("dropped", {}))
-                    if "seconds" in stats:  # read and tokenize run interleaved with the steps: not timed apart
-                        agg["seconds"] = round(agg.get("seconds", 0.0) + stats["seconds"], 6)
-                entry["files"].append(file.path)
-                columns = {name: table.column(name).to_pylist() for name in
-                           ("doc_id", "source", "input_file", "offset", "lang", "quality", "meta")}
-                for j in np.flatnonzero(keep):
-                    tokens = work[int(j)]
-                    full = writer is not None and len(writer) and writer_tokens + len(tokens) > config.shard_max_tokens
-                    if writer is None or full:
-                        if writer is not None:
-                            writer.close()
-                        prefix = f"{source}/{source}-{shard_no:05d}"
-                        entry["shards"].append(prefix)
-                        writer = TokenShardWriter(out / prefix, extra_schema=[pa.field("meta", pa.string())])
-                        writer_tokens = 0
-                        shard_no += 1
-                    writer.add(
-                        tokens,
-                        doc_id=columns["doc_id"][j], source=source, input_file=columns["input_file"][j],
-                        offset=columns["offset"][j], lang=columns["lang"][j], quality=columns["quality"][j],
-                        cluster_id=int(cluster[j]), meta=columns["meta"][j],
-                    )
-                    writer_tokens += len(tokens)
-                    entry["docs_out"] += 1
-                    entry["tokens_out"] += len(tokens)
-                    entry["langs"][columns["lang"][j]] += 1
-                bar.update(1)
-            if writer is not None:
-                writer.close()
-            entry["dropped"] = dict(sorted(entry["dropped"].items()))
-            entry["langs"] = dict(sorted(entry["langs"].items()))
-            for stage in entry["stages"].values():
-                stage["dropped"] = dict(sorted(stage["dropped"].items()))
+
+        def jobs() -> Iterator[Any]:
+            for source in sorted(by_source):
+                work_dirs = [str(work_root / files[i].key) for i in by_source[source]]
+                for _, job, drops in plan_source(source, work_dirs, config.shard_max_tokens, dedup is not None):
+                    sources[source]["dropped"].update(drops)
+                    if job is not None:
+                        job_sources.append(source)
+                        yield job
+                bar.update(len(work_dirs))
+
+        for result in mapper(functools.partial(write_shard, str(out), dedup is not None), jobs()):
+            entry = sources[job_sources.popleft()]
+            entry["shards"].append(result["prefix"])
+            entry["docs_out"] += result["docs"]
+            entry["tokens_out"] += result["tokens"]
+            entry["langs"].update(result["langs"])
+    for entry in sources.values():
+        entry["dropped"] = dict(sorted(entry["dropped"].items()))
+        entry["langs"] = dict(sorted(entry["langs"].items()))
+        for stage in entry["stages"].values():
+            stage["dropped"] = dict(sorted(stage["dropped"].items()))
     totals = {
         key: sum(entry[key] for entry in sources.values())
         for key in ("docs_in", "docs_out", "bytes_in", "tokens_out")
@@ -589,7 +578,7 @@ def _write_final_shards(
         "drop_examples": {
             Path(f.path).name: s["drops"]["examples"] for f, s in zip(files, summaries) if s["drops"]["examples"]
         },
-        "dedup": decisions["summary"] if decisions is not None else {"enabled": False},
+        "dedup": dedup if dedup is not None else {"enabled": False},
         "config": to_dict(config),
     }
     return manifest

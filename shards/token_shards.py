@@ -76,6 +76,9 @@ PROVENANCE_SCHEMA = pa.schema(
 )
 PROVENANCE_COLUMNS = tuple(PROVENANCE_SCHEMA.names)
 _PROVENANCE_DEFAULTS: dict[str, Any] = {"lang": "", "quality": 1.0, "cluster_id": -1, "offset": -1}
+PROVENANCE_ROW_GROUP = 1 << 16
+"""Provenance rows buffered before they are written out as one Parquet row group: a writer's memory is
+bounded by this, not by the shard's document count."""
 
 
 def shard_files(prefix: str | os.PathLike[str]) -> dict[str, Path]:
@@ -118,6 +121,9 @@ class TokenShardWriter:
         self._digest = xxhash.xxh3_128()
         self._lengths = array("i")
         self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._provenance_tmp = temporary_path(self.files["provenance"])
+        self._provenance: pq.ParquetWriter | None = None
+        self._rows = 0
         self._closed = False
         self.summary: dict[str, Any] = {}
 
@@ -149,6 +155,36 @@ class TokenShardWriter:
                 )
             else:
                 raise ValueError(f"unexpected provenance field(s) {sorted(unknown)} after the first document")
+        if len(self._columns["n_tokens"]) >= PROVENANCE_ROW_GROUP:
+            self._flush_provenance()
+
+    def add_batch(self, tokens: np.ndarray, lengths: np.ndarray, provenance: pa.Table) -> None:
+        """Append many documents at once: `tokens` back to back, `lengths` per document, and one
+        provenance row per document (the schema's columns; `n_tokens` is filled in from `lengths`)."""
+        ids = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
+        lengths = np.asarray(lengths, dtype=np.int32)
+        if ids.ndim != 1 or len(lengths) != provenance.num_rows or int(lengths.sum(dtype=np.int64)) != len(ids):
+            raise ValueError("add_batch needs 1-D tokens whose length is the sum of one length per provenance row")
+        self._flush_provenance()
+        data = ids.tobytes()
+        self._bin.write(data)
+        self._digest.update(data)
+        self._lengths.frombytes(lengths.tobytes())
+        columns = {name: (pa.array(lengths, pa.int32()) if name == "n_tokens" else provenance.column(name))
+                   for name in self.schema.names}
+        self._write_provenance(pa.table(columns).cast(self.schema))
+
+    def _flush_provenance(self) -> None:
+        if self._columns["n_tokens"]:
+            table = pa.table({name: self._columns[name] for name in self.schema.names}, schema=self.schema)
+            self._columns = {name: [] for name in self.schema.names}
+            self._write_provenance(table)
+
+    def _write_provenance(self, table: pa.Table) -> None:
+        if self._provenance is None:
+            self._provenance = pq.ParquetWriter(self._provenance_tmp, self.schema, compression="zstd")
+        self._provenance.write_table(table)
+        self._rows += table.num_rows
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -168,7 +204,7 @@ class TokenShardWriter:
                 pass
             for key in ("checksum", "bin", "idx", "provenance"):
                 self.files[key].unlink(missing_ok=True)
-            self._bin_tmp.unlink(missing_ok=True)
+            self._discard_temporaries()
             raise
 
     def _finish(self) -> dict[str, Any]:
@@ -179,9 +215,13 @@ class TokenShardWriter:
         lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
         with atomic_path(self.files["idx"]) as tmp:
             write_index(tmp, lengths)
-        table = pa.table({name: self._columns[name] for name in self.schema.names}, schema=self.schema)
-        with atomic_path(self.files["provenance"]) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        self._flush_provenance()
+        if self._provenance is None:  # an empty shard: its sidecar still has the schema
+            self._provenance = pq.ParquetWriter(self._provenance_tmp, self.schema, compression="zstd")
+        self._provenance.close()
+        self._provenance = None
+        _fsync_path(self._provenance_tmp)
+        os.replace(self._provenance_tmp, self.files["provenance"])
         self.summary = {
             "prefix": self.prefix,
             "sequences": len(lengths),
@@ -189,7 +229,7 @@ class TokenShardWriter:
             "bin_bytes": self.files["bin"].stat().st_size,
             "bin_xxh3_128": self._digest.hexdigest(),
             "idx_xxh3_128": _hash_file(self.files["idx"]),
-            "provenance_rows": table.num_rows,
+            "provenance_rows": self._rows,
         }
         atomic_write_json(self.files["checksum"], self.summary)
         return self.summary
@@ -199,7 +239,17 @@ class TokenShardWriter:
         if not self._closed:
             self._closed = True
             self._bin.close()
-            self._bin_tmp.unlink(missing_ok=True)
+            self._discard_temporaries()
+
+    def _discard_temporaries(self) -> None:
+        if self._provenance is not None:
+            try:
+                self._provenance.close()
+            except OSError:
+                pass
+            self._provenance = None
+        self._bin_tmp.unlink(missing_ok=True)
+        self._provenance_tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TokenShardWriter:
         return self
@@ -209,6 +259,11 @@ class TokenShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _fsync_path(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def write_index(path: str | os.PathLike[str], lengths: np.ndarray) -> None:

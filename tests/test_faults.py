@@ -264,7 +264,7 @@ def test_disk_full_while_closing_a_shard_leaves_nothing_visible(stage, tmp_path,
     elif stage == "idx":
         monkeypatch.setattr(token_shards, "write_index", full)
     elif stage == "provenance":
-        monkeypatch.setattr(token_shards.pq, "write_table", full)
+        monkeypatch.setattr(token_shards.pq, "ParquetWriter", full)  # the sidecar is streamed through one
     else:
         monkeypatch.setattr(token_shards, "atomic_write_json", full)
     with pytest.raises(OSError) as info:

@@ -95,42 +95,48 @@ class ArraySignatures:
 class ConcatenatedSignatures:
     """A `SignatureSource` over several `.npy` files (e.g. one per work shard), in order, memory-mapped.
 
-    Pickles as its file paths, so a Ray task reopens the files instead of receiving their contents.
+    Files are opened when first read (a task that verifies a few edges touches a few files), and
+    `sizes`/`num_perm`, when the caller knows them, spare opening every file up front. Pickles as its
+    file paths, so a Ray task reopens the files instead of receiving their contents.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+    def __init__(
+        self, paths: Sequence[str | os.PathLike[str]], sizes: Sequence[int] | None = None, num_perm: int | None = None
+    ) -> None:
         self.paths = [str(p) for p in paths]
-        self._arrays: list[np.ndarray] | None = None
-        sizes = []
-        num_perm = None
-        for array in self._open():
-            sizes.append(len(array))
-            num_perm = array.shape[1] if array.ndim == 2 else num_perm
+        self._arrays: dict[int, np.ndarray] = {}
+        if sizes is None or num_perm is None:
+            sizes = []
+            for f in range(len(self.paths)):
+                array = self._array(f)
+                sizes.append(len(array))
+                num_perm = array.shape[1] if array.ndim == 2 else num_perm
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.n_docs = int(self.offsets[-1])
         self.num_perm = int(num_perm or 0)
 
-    def _open(self) -> list[np.ndarray]:
-        if self._arrays is None:
-            self._arrays = [np.load(p, mmap_mode="r") for p in self.paths]
-        return self._arrays
+    def _array(self, f: int) -> np.ndarray:
+        if f not in self._arrays:
+            self._arrays[f] = np.load(self.paths[f], mmap_mode="r")
+        return self._arrays[f]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_arrays"] = None
+        state["_arrays"] = {}
         return state
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self.take(np.arange(start, stop, dtype=np.int64))
 
     def take(self, doc_ids: np.ndarray) -> np.ndarray:
-        arrays = self._open()
         ids = np.asarray(doc_ids, dtype=np.int64)
         which = np.searchsorted(self.offsets, ids, side="right") - 1
-        out = np.empty((len(ids), self.num_perm), dtype=arrays[0].dtype if arrays else np.uint32)
-        for f in np.unique(which):
+        files = np.unique(which)
+        dtype = self._array(int(files[0])).dtype if len(files) else np.uint32
+        out = np.empty((len(ids), self.num_perm), dtype=dtype)
+        for f in files:
             sel = which == f
-            out[sel] = arrays[f][ids[sel] - self.offsets[f]]
+            out[sel] = self._array(int(f))[ids[sel] - self.offsets[f]]
         return out
 
 

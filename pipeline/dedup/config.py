@@ -32,7 +32,11 @@ class DedupConfig:
     verify: bool = True
     """Keep a candidate pair only if its estimated Jaccard (equal signature rows / num_perm) >= threshold."""
     partitions: int = 8
-    """Shuffle partitions of the band keys: memory per reduce task is about 1/partitions of the total."""
+    """Least number of shuffle partitions (of the digests, and of the band keys); more are used when a
+    partition would exceed `partition_mb`, so memory per reduce task stays bounded as the corpus grows."""
+    partition_mb: int = 64
+    """Shuffle MB per reduce task (32 B per document for exact dedup, 12 B per document and band for
+    near dedup) above which the number of partitions grows with the corpus."""
     chunk_docs: int = 32768
     source_priority: list[str] = dataclasses.field(default_factory=lambda: ["wudao", "pile", "crawl"])
     """Order in which sources are numbered for dedup: an exact duplicate keeps the copy of the first
@@ -48,8 +52,8 @@ class DedupConfig:
             raise ConfigError(f"dedup.hash must be one of {', '.join(HASHES)}, got {self.hash!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"dedup.threshold must be strictly between 0 and 1, got {self.threshold}")
-        if self.num_perm < 1 or self.partitions < 1 or self.chunk_docs < 1 or self.ngram < 1:
-            raise ConfigError("dedup.num_perm, partitions, chunk_docs and ngram must be positive")
+        if self.num_perm < 1 or self.partitions < 1 or self.partition_mb < 1 or self.chunk_docs < 1 or self.ngram < 1:
+            raise ConfigError("dedup.num_perm, partitions, partition_mb, chunk_docs and ngram must be positive")
         if bool(self.bands) != bool(self.rows) or self.bands * self.rows > self.num_perm:
             raise ConfigError(
                 f"dedup.bands x rows = {self.bands} x {self.rows}: set both (product <= num_perm) or neither"

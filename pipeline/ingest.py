@@ -294,6 +294,9 @@ class FileWorker:
             "seconds": round(time.perf_counter() - started, 3),
         }
         atomic_write_json(work / DONE_FILE, summary)
+        from pipeline.ray_runtime import release_memory
+
+        release_memory()  # a long-lived actor hands each file's freed heap back before the next file
         return summary
 
 

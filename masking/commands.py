@@ -33,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mask.add_argument("--config", help="YAML/TOML file; its `masking` section is a MaskingConfig")
     mask.add_argument("--workers", type=int, help="Ray workers (1 = in-process; default 1)")
     mask.add_argument(
+        "--ray-min-tokens",
+        type=int,
+        metavar="N",
+        help="with --workers > 1, runs of fewer text tokens than this still build in this process "
+        "(default: MaskingConfig.ray_min_tokens; 0 = always Ray)",
+    )
+    mask.add_argument(
         "--cross-document",
         action="store_true",
         default=None,
@@ -83,6 +90,7 @@ def run_mask(args: argparse.Namespace) -> CommandResult:
         "seed": args.seed,
         "rows": args.rows,
         "workers": args.workers,
+        "ray_min_tokens": args.ray_min_tokens,
         "cross_document": args.cross_document,
     }
     config = load_masking_config(args.config, args.overrides, values)

@@ -3,7 +3,8 @@
     cfg = load_config(MaskingConfig, "run.yaml", section="masking", overrides=["seed=7", "mask_ratio=0.2"])
 
 The output depends only on this config and the input shards: two runs with equal configs write
-byte-identical training shards whatever `workers` is (it is the one field that changes nothing).
+byte-identical training shards whatever `workers` is (it and the other worker settings, `ray_min_tokens` and
+`object_store_mb`, change nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from common.errors import ConfigError
 
 MAX_ROW_LENGTH = 65_535
 """Row-relative offsets are stored as uint16 in the training-shard recipe."""
+RAY_MIN_TOKENS = 150_000_000
+"""Text tokens below which `workers > 1` still masks in the driver. Measured on the 2-core development machine
+(bench corpus of benchmarks/bench_scale.py, ~0.32M text tokens per MB of raw text, Ray already started, other
+load ~4-5): one process took ~0.4 s + 74 ns/token, 2 Ray workers ~3.7 s + 53 ns/token (each worker process
+starts, imports and opens the token store), so Ray wins from ~150M tokens (~470 MB of raw text; at 28M
+tokens Ray took 5.1-5.3 s against 2.1-2.9 s). docs/SCALE.md's unloaded fits (0.21 s + 72.8 MB/s in process,
+2.09 s + 2 x 45.8 MB/s on 2 workers) put the crossover higher still (~670 MB raw). More workers move it down:
+set `ray_min_tokens` lower on a machine with many cores."""
 
 
 @dataclasses.dataclass
@@ -60,6 +69,11 @@ class MaskingConfig:
     rows_per_shard: int = 4096
     """Rows per training shard (a multiple of rows_per_block); the unit of parallel work."""
     workers: int = 1
+    ray_min_tokens: int = RAY_MIN_TOKENS
+    """With workers > 1, a run with fewer text tokens to mask than this (epochs x the sources' text tokens, or
+    rows x row_length with `rows`) builds its shards in this process instead of Ray tasks: Ray's start-up and
+    each task worker's imports and store opening cost more than they save. 0 always uses Ray. Changes nothing
+    in the output."""
     object_store_mb: int = 256
 
     def validate(self) -> MaskingConfig:
@@ -90,11 +104,13 @@ class MaskingConfig:
             "rows_per_shard must be a positive multiple of rows_per_block",
         )
         need(self.workers >= 1, "workers must be >= 1")
+        need(self.ray_min_tokens >= 0, "ray_min_tokens must be >= 0")
         return self
 
     def output_defining(self) -> dict[str, Any]:
         """The fields the output depends on (everything but the worker settings), for stats and manifests."""
         data = dataclasses.asdict(self)
         data.pop("workers")
+        data.pop("ray_min_tokens")
         data.pop("object_store_mb")
         return data

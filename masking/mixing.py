@@ -25,7 +25,6 @@ an example with an empty target is skipped (counted too).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -33,9 +32,14 @@ from common.errors import ConfigError
 
 
 def permutation(n: int, *key: int) -> np.ndarray:
-    """A permutation of range(n) keyed by integers (Philox, so it is the same on every machine)."""
+    """A permutation of range(n) keyed by integers (Philox, so it is the same on every machine).
+
+    int32 while n fits (4 bytes a document): the same order as `generator.permutation(n)`, whose int64
+    `arange` is shuffled by the same draws (the shuffle's random numbers do not depend on the item size)."""
     generator = np.random.Generator(np.random.Philox(np.random.SeedSequence(list(key))))
-    return generator.permutation(n)
+    order = np.arange(n, dtype=np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    generator.shuffle(order)
+    return order
 
 
 def resolve_weights(names: Sequence[str], tokens: Sequence[int], weights: dict[str, float]) -> np.ndarray:
@@ -53,11 +57,61 @@ def resolve_weights(names: Sequence[str], tokens: Sequence[int], weights: dict[s
     return raw / raw.sum()
 
 
+class _Epoch:
+    """One epoch of one source: its document order, and the running token counts of a window of that order.
+
+    Only the permutation is held per document (int32); the documents' lengths in epoch order and the tokens
+    before each are computed for a window from `position` on, grown (doubling) as the stream advances."""
+
+    def __init__(self, epoch: int, order: np.ndarray, base: int, lengths: np.ndarray, window: int) -> None:
+        self.epoch = epoch
+        self.order = order
+        self.base = base  # tokens of the source before this epoch
+        self.lengths = lengths
+        self.window = window
+        self.position = 0  # documents before this one are in the stream
+        self.first = 0  # the window covers documents [first, first + len(before))
+        self.ordered = lengths[:0]
+        self.before = np.zeros(0, dtype=np.int64)  # tokens of this epoch before each document of the window
+        self.after = 0  # tokens of this epoch before the window's end
+
+    def stop(self, value: float) -> int:
+        """The first document i >= position whose tokens-before (in this epoch) are >= value, else the epoch's
+        length: what `np.searchsorted(before_of_all_documents, value)` gives, since every document before
+        `position` has fewer tokens before it than an earlier, smaller value."""
+        while True:
+            k = int(np.searchsorted(self.before, value, side="left"))
+            if k < len(self.before):
+                return self.first + k
+            end = self.first + len(self.before)
+            if end >= len(self.order):
+                return len(self.order)
+            self._extend(end)
+
+    def _extend(self, end: int) -> None:
+        start = self.position
+        tokens = int(self.before[start - self.first]) if start < end else self.after
+        hi = min(len(self.order), end + max(self.window, end - start))
+        ordered = self.lengths[self.order[start:hi]]
+        running = np.cumsum(ordered, dtype=np.int64)
+        self.after = tokens + int(running[-1])
+        running -= ordered
+        running += tokens
+        self.first, self.ordered, self.before = start, ordered, running
+
+    def take(self, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens before, document, length) of documents [position, stop), which lie in the window."""
+        lo, hi = self.position - self.first, stop - self.first
+        return self.before[lo:hi], self.order[self.position : stop], self.ordered[lo:hi]
+
+
 class TextStream:
     """Documents as (source, doc, end, doc_length): tokens [0, end) of the document are in the stream.
 
     Document j of source s (counting on across epochs) gets the tag (tokens of s before it) / w_s; the stream
     is every document in (tag, source) order, produced in vectorized batches of `batch_tokens` of tag range.
+    Memory per document: the lengths as given (int32 from the token store) and one int32 permutation per
+    active source; everything else is per batch.
     """
 
     def __init__(
@@ -67,17 +121,20 @@ class TextStream:
         shuffle_seed: int,
         budget: float,
         batch_tokens: int = 1 << 22,
+        window: int = 1 << 16,
     ) -> None:
-        self.lengths = [np.asarray(x, dtype=np.int64) for x in lengths]
+        self.lengths = [np.asarray(x) for x in lengths]
+        self.source_tokens = [int(x.sum()) for x in self.lengths]
         self.weights = np.asarray(weights, dtype=np.float64)
         self.shuffle_seed = shuffle_seed
         self.budget = budget
         self.batch_tokens = batch_tokens
+        self.window = window
         self.active = [
-            s for s in range(len(self.lengths)) if self.weights[s] > 0 and self.lengths[s].sum() > 0
+            s for s in range(len(self.lengths)) if self.weights[s] > 0 and self.source_tokens[s] > 0
         ]
         self.epochs_started = [0] * len(self.lengths)
-        self._state: dict[int, list[Any]] = {}
+        self._state: dict[int, _Epoch] = {}
         for s in self.active:
             self._state[s] = self._epoch(s, 0, 0)
         self.frontier = 0.0  # every document with a tag below this has been batched
@@ -86,12 +143,9 @@ class TextStream:
         self._at = 0
         self._done = not self.active
 
-    def _epoch(self, s: int, epoch: int, base: int) -> list[Any]:
-        """[epoch, order, exclusive running tokens, position, tokens of s before this epoch]."""
+    def _epoch(self, s: int, epoch: int, base: int) -> _Epoch:
         order = permutation(len(self.lengths[s]), self.shuffle_seed, s, epoch)
-        ordered = self.lengths[s][order]
-        before = np.cumsum(ordered) - ordered
-        return [epoch, order, before, 0, base, ordered]
+        return _Epoch(epoch, order, base, self.lengths[s], self.window)
 
     def _next_batch(self) -> None:
         while not self._batch and not self._done:
@@ -101,18 +155,20 @@ class TextStream:
                 state = self._state[s]
                 weight = self.weights[s]
                 while True:
-                    epoch, order, before, position, base, ordered = state
-                    stop = int(np.searchsorted(before, end * weight - base, side="left"))
-                    if stop > position:
-                        tags.append((base + before[position:stop]) / weight)
-                        sources.append(np.full(stop - position, s, dtype=np.int64))
-                        docs.append(order[position:stop])
-                        lengths.append(ordered[position:stop])
-                        epochs.append(np.full(stop - position, epoch, dtype=np.int64))
-                    if stop < len(order):
-                        state[3] = stop
+                    stop = state.stop(end * weight - state.base)
+                    if stop > state.position:
+                        before, order, ordered = state.take(stop)
+                        tags.append((state.base + before) / weight)
+                        sources.append(np.full(stop - state.position, s, dtype=np.int64))
+                        docs.append(order)
+                        lengths.append(ordered)
+                        epochs.append(np.full(stop - state.position, state.epoch, dtype=np.int64))
+                    if stop < len(state.order):
+                        state.position = stop
                         break
-                    state = self._state[s] = self._epoch(s, epoch + 1, base + int(ordered.sum()))
+                    state = self._state[s] = self._epoch(
+                        s, state.epoch + 1, state.base + self.source_tokens[s]
+                    )
             self.frontier = end
             if not tags:
                 continue
@@ -127,7 +183,7 @@ class TextStream:
             epoch = np.concatenate(epochs)[by_tag]
             kept = length.copy()
             if self.budget != float("inf"):
-                after = self.total + np.cumsum(length)
+                after = self.total + np.cumsum(length, dtype=np.int64)
                 over = np.flatnonzero(after >= self.budget)
                 if len(over):
                     cut = int(over[0])

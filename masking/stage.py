@@ -5,8 +5,13 @@
 The driver plans rows sequentially (masking/packing.py: cheap, reads only document lengths) one shard
 (`rows_per_shard` rows) at a time and hands each planned shard to a worker that builds and writes it
 (`build_shard`: masking/segments.py, block by block, one RNG per block keyed by (seed, block)). Workers are
-Ray tasks (`workers > 1`, Ray embedded unless already initialized) or the driver itself (`workers = 1`); both
-write byte-identical shards, because nothing a worker does depends on which worker it is or when it runs.
+Ray tasks (`workers > 1`, Ray embedded unless already initialized) or the driver itself (`workers = 1`, or
+fewer text tokens to mask than `ray_min_tokens`: below that Ray costs more than it saves); both write
+byte-identical shards, because nothing a worker does depends on which worker it is or when it runs.
+
+Driver memory per document: the planner's int32 document lengths and one int32 permutation per source
+(masking/mixing.py); building in this process adds the int32 token offsets and the `doc_id` column as one
+Arrow array per source (masking/store.py). Tokens and `.idx` arrays stay memory-mapped.
 The manifest (`training_shards.json`) and `stats.json` are written last, atomically.
 
 A rerun with the same inputs and config finds the manifest and returns its stats without rebuilding
@@ -287,21 +292,21 @@ def run_masking(
     mip_stream, dataset_of, datasets = None, None, []
     if mip_path is not None:
         mip_store = open_store([mip_path])
-        table = mip_store.sources[0].shards.provenance
-        if "prompt_len" not in table.column_names:
+        mip_columns = mip_store.sources[0].column_names
+        if "prompt_len" not in mip_columns:
             raise ShardFormatError(
                 mip_path,
                 "MIP shards lack the provenance column 'prompt_len'",
                 "build them with `glm-corpus mip`",
             )
-        dataset_column = "dataset" if "dataset" in table.column_names else "source"
+        dataset_column = "dataset" if "dataset" in mip_columns else "source"
         datasets, dataset_of = np.unique(
-            np.array(table.column(dataset_column).to_pylist(), dtype=object), return_inverse=True
+            np.array(mip_store.column(0, dataset_column).to_pylist(), dtype=object), return_inverse=True
         )
         datasets = [str(d) for d in datasets]
         mip_stream = MipStream(
             mip_store.lengths(0),
-            table.column("prompt_len").to_numpy(),
+            mip_store.column(0, "prompt_len").to_numpy(zero_copy_only=False),
             config.shuffle_seed,
             config.mip_repeat,
             config.row_length,
@@ -311,7 +316,15 @@ def run_masking(
     stats = MaskingStats(config, names, datasets)
     out.mkdir(parents=True, exist_ok=True)
 
-    pool = _InProcess() if config.workers == 1 else _RayPool(config.workers, config.object_store_mb)
+    planned_tokens = config.rows * config.row_length if config.rows is not None else budget
+    on_ray = config.workers > 1 and planned_tokens >= config.ray_min_tokens
+    if config.workers > 1 and not on_ray:
+        log.info(
+            "masking %d text tokens in this process (< ray_min_tokens %d): Ray would cost more than it saves",
+            planned_tokens,
+            config.ray_min_tokens,
+        )
+    pool = _RayPool(config.workers, config.object_store_mb) if on_ray else _InProcess()
     built: dict[int, dict[str, Any]] = {}
     expected_rows = config.rows
     bar = Progress("mask", total=expected_rows, unit="row", enabled=progress)

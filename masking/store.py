@@ -4,20 +4,75 @@ A `TokenStore` opens one `TokenShards` per source (a directory of token shards) 
 (DESIGN §3: little-endian int32 documents back to back, located by the `.idx` pointers). Pieces (source, doc,
 offset, length) are gathered per shard with one fancy index each, instead of one Python slice per piece.
 Stores are cached per process, so a Ray worker opens the shards once for all the tasks it runs.
+
+Memory per document (a process holds only what it uses, built on first use): the planner's document lengths
+(int32, 4 bytes: `lengths`), the gatherer's token offsets (int32 while every shard's `.bin` holds fewer than
+2^31 tokens, else int64: `doc_token`), and the provenance columns that are asked for (`column`: that column
+alone, read from each sidecar and kept as one Arrow array, e.g. ~60 bytes a document for `doc_id`). The
+`.idx` arrays and the tokens stay memory-mapped (file pages, not heap).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.errors import ShardFormatError
-from shards.token_shards import BIN_SUFFIX, IDX_SUFFIX, TokenShards, read_index
+from kernels.ranges import concatenated_ranges as _ranges
+from shards.token_shards import BIN_SUFFIX, IDX_SUFFIX, PROVENANCE_SUFFIX, TokenShards, read_index
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class _StringColumn:
+    """A string column of every document as two numpy arrays: int64 offsets (8 bytes a document) and the
+    UTF-8 bytes back to back (exactly the strings' size). Built shard by shard into one buffer sized from the
+    sidecars' metadata (its untouched tail is never resident), so there is no second copy, as concatenating
+    Arrow arrays would make, and no Python object per document."""
+
+    def __init__(self, total: int, capacity: int) -> None:
+        self.offsets = np.zeros(total + 1, dtype=np.int64)
+        self.data = np.empty(max(capacity, 1), dtype=np.uint8)
+        self.filled = 0  # documents so far
+
+    def append(self, part: pa.Array) -> None:
+        n = len(part)
+        if pa.types.is_large_string(part.type):
+            width = np.int64
+        else:
+            part, width = part.cast(pa.string()), np.int32
+        _, offset_buffer, data_buffer = part.buffers()
+        skip = part.offset * np.dtype(width).itemsize
+        offsets = np.frombuffer(offset_buffer, dtype=width, count=n + 1, offset=skip)
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        used = int(self.offsets[self.filled])
+        if used + hi - lo > len(self.data):  # the metadata's estimate was short: grow (doubling)
+            grown = np.empty(max(2 * len(self.data), used + hi - lo), dtype=np.uint8)
+            grown[:used] = self.data[:used]
+            self.data = grown
+        if hi > lo:
+            self.data[used : used + hi - lo] = np.frombuffer(data_buffer, dtype=np.uint8)[lo:hi]
+        self.offsets[self.filled + 1 : self.filled + n + 1] = offsets[1:] - lo + used
+        self.filled += n
+
+    def take(self, docs: np.ndarray) -> pa.Array:
+        """The strings of `docs`, in order, as an Arrow string array."""
+        docs = np.asarray(docs, dtype=np.int64)
+        starts = self.offsets[docs]
+        lengths = self.offsets[docs + 1] - starts
+        out_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out_offsets[1:])
+        data = self.data[_ranges(starts, lengths)]
+        return pa.Array.from_buffers(
+            pa.large_string(), len(docs), [None, pa.py_buffer(out_offsets), pa.py_buffer(data)]
+        ).cast(pa.string())
 
 
 class _Source:
@@ -25,11 +80,12 @@ class _Source:
         self.path = path
         self.shards = TokenShards(path)
         self.arrays: list[np.ndarray] = []
-        doc_shard, doc_token = [], []
-        for number, prefix in enumerate(self.shards.prefixes):
+        self.indexes = []
+        for prefix in self.shards.prefixes:
             index = read_index(prefix + IDX_SUFFIX)
             if index.dtype != np.int32:
                 raise ShardFormatError(prefix + IDX_SUFFIX, f"token dtype {index.dtype}, expected int32")
+            self.indexes.append(index)
             size = os.path.getsize(prefix + BIN_SUFFIX)
             if size:
                 with open(prefix + BIN_SUFFIX, "rb") as handle:
@@ -38,30 +94,109 @@ class _Source:
                     )
             else:
                 self.arrays.append(np.zeros(0, dtype=np.int32))
-            doc_shard.append(np.full(index.sequence_count, number, dtype=np.int32))
-            doc_token.append(np.asarray(index.pointers, dtype=np.int64) // 4)
-        self.doc_shard = np.concatenate(doc_shard) if doc_shard else np.zeros(0, np.int32)
-        self.doc_token = np.concatenate(doc_token) if doc_token else np.zeros(0, np.int64)
-        self.lengths = self.shards.lengths
+        counts = [index.sequence_count for index in self.indexes]
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        """Index of each shard's first document (and the document count last): per shard, not per document."""
         self._columns: dict[str, pa.Array] = {}
-        self._objects: dict[str, np.ndarray] = {}
 
-    def column(self, name: str) -> pa.Array:
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Tokens per document over all shards, int32 (the `.idx` dtype)."""
+        parts = [np.asarray(index.lengths, dtype=np.int32) for index in self.indexes]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    @cached_property
+    def doc_token(self) -> np.ndarray:
+        """Offset of each document's first token in its shard's `.bin`, in tokens (int32 when they fit)."""
+        largest = max((int(a.size) for a in self.arrays), default=0)
+        dtype = np.int32 if largest <= _INT32_MAX else np.int64
+        out = np.empty(len(self), dtype=dtype)
+        for index, lo, hi in zip(self.indexes, self.starts[:-1].tolist(), self.starts[1:].tolist()):
+            np.floor_divide(index.pointers, 4, out=out[lo:hi], casting="unsafe")
+        return out
+
+    def shard_of(self, docs: np.ndarray) -> np.ndarray:
+        """Shard number of each document index (int64)."""
+        return np.searchsorted(self.starts, docs, side="right") - 1
+
+    @cached_property
+    def column_names(self) -> list[str]:
+        """Provenance columns of the sidecars (their union, in first-seen order), from their footers only."""
+        names: dict[str, None] = {}
+        for prefix in self.shards.prefixes:
+            names.update(dict.fromkeys(self._sidecar_schema(prefix).names))
+        return list(names)
+
+    def _sidecar(self, prefix: str) -> str:
+        sidecar = prefix + PROVENANCE_SUFFIX
+        if not Path(sidecar).exists():
+            raise ShardFormatError(sidecar, "provenance sidecar does not exist")
+        return sidecar
+
+    def _sidecar_schema(self, prefix: str) -> pa.Schema:
+        return pq.read_schema(self._sidecar(prefix))
+
+    def column(self, name: str) -> pa.Array | _StringColumn:
+        """Provenance column `name` of every document (read on first use, that column alone): a string column
+        without nulls as a `_StringColumn`, anything else as one Arrow array (a shard whose sidecar lacks the
+        column contributes nulls)."""
         cached = self._columns.get(name)
         if cached is None:
-            provenance = self.shards.provenance
-            if name not in provenance.column_names:
-                raise ShardFormatError(self.path, f"token shards lack the provenance column {name!r}")
-            cached = self._columns[name] = provenance.column(name).combine_chunks()
+            cached = self._columns[name] = self._read_column(name)
         return cached
 
-    def objects(self, name: str) -> np.ndarray:
-        """Column `name` as a numpy object array (cached), for cheap fancy indexing."""
-        key = "objects:" + name
-        cached = self._objects.get(key)
-        if cached is None:
-            cached = self._objects[key] = self.column(name).to_numpy(zero_copy_only=False)
-        return cached
+    def take(self, name: str, docs: np.ndarray) -> pa.Array:
+        """Column `name` of the documents `docs`, in order (an Arrow array)."""
+        column = self.column(name)
+        if isinstance(column, _StringColumn):
+            return column.take(docs)
+        return column.take(pa.array(np.asarray(docs, dtype=np.int64)))
+
+    def _read_column(self, name: str) -> pa.Array | _StringColumn:
+        if name not in self.column_names:
+            raise ShardFormatError(self.path, f"token shards lack the provenance column {name!r}")
+        strings: _StringColumn | None = None
+        schemas = [self._sidecar_schema(prefix) for prefix in self.shards.prefixes]
+        if all(name in schema.names and pa.types.is_string(schema.field(name).type) for schema in schemas):
+            capacity = 0
+            for prefix in self.shards.prefixes:
+                metadata = pq.read_metadata(self._sidecar(prefix))
+                column = next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path == name)
+                groups = range(metadata.num_row_groups)
+                capacity += sum(metadata.row_group(g).column(column).total_uncompressed_size for g in groups)
+            strings = _StringColumn(len(self), capacity)
+        parts: list[pa.Array | None] = []
+        for number, (prefix, schema) in enumerate(zip(self.shards.prefixes, schemas)):
+            if name not in schema.names:
+                parts.append(None)
+                continue
+            part = pq.read_table(self._sidecar(prefix), columns=[name]).column(0).combine_chunks()
+            expected = int(self.starts[number + 1] - self.starts[number])
+            if len(part) != expected:
+                raise ShardFormatError(
+                    self._sidecar(prefix), f"{len(part)} provenance rows for {expected} documents"
+                )
+            if strings is not None and part.null_count == 0:
+                strings.append(part)
+                continue
+            if strings is not None:  # nulls after all: Arrow arrays for this column (every shard has it)
+                parts = [strings.take(np.arange(strings.filled))]
+                strings = None
+            parts.append(part)
+        if strings is not None:
+            return strings
+        types = [p.type for p in parts if p is not None and not pa.types.is_null(p.type)]
+        kind = types[0] if types else pa.null()
+        if pa.types.is_string(kind) and sum(p.nbytes for p in parts if p is not None) > _INT32_MAX:
+            kind = pa.large_string()  # one array of more than 2 GiB of text needs 64-bit offsets
+        filled = [
+            pa.nulls(int(self.starts[k + 1] - self.starts[k]), kind) if p is None else p.cast(kind)
+            for k, p in enumerate(parts)
+        ]
+        return pa.concat_arrays(filled) if filled else pa.array([], kind)
 
 
 class TokenStore:
@@ -74,8 +209,12 @@ class TokenStore:
     def lengths(self, source: int) -> np.ndarray:
         return self.sources[source].lengths
 
-    def column(self, source: int, name: str) -> pa.ChunkedArray:
-        return self.sources[source].column(name)
+    def column(self, source: int, name: str) -> pa.Array:
+        """Provenance column `name` of every document of `source`, as one Arrow array."""
+        column = self.sources[source].column(name)
+        if isinstance(column, _StringColumn):
+            return column.take(np.arange(column.filled))
+        return column
 
     def gather(
         self,
@@ -102,21 +241,30 @@ class TokenStore:
             chosen = np.flatnonzero(source == s) if len(self.sources) > 1 else np.arange(len(source))
             docs = doc[chosen]
             first = (src.doc_token[docs] + offset[chosen]).tolist()
-            shards = src.doc_shard[docs].tolist()
+            shards = src.shard_of(docs).tolist()
             arrays = src.arrays
             for shard, a, o, n in zip(shards, first, out_start[chosen].tolist(), length[chosen].tolist()):
                 out[o : o + n] = arrays[shard][a : a + n]
         return out
 
-    def take(self, source: np.ndarray, doc: np.ndarray, name: str) -> np.ndarray:
-        """Provenance column `name` of the given documents, in order (a numpy object array)."""
+    def take(self, source: np.ndarray, doc: np.ndarray, name: str) -> pa.Array:
+        """Provenance column `name` of the given documents, in order (an Arrow array)."""
         source = np.asarray(source, dtype=np.int64)
         doc = np.asarray(doc, dtype=np.int64)
-        out = np.empty(len(source), dtype=object)
+        if len(source) == 0 or (source == source[0]).all():
+            return self.sources[int(source[0]) if len(source) else 0].take(name, doc)
+        parts, where = [], []
         for s in np.unique(source).tolist():
-            chosen = source == s
-            out[chosen] = self.sources[s].objects(name)[doc[chosen]]
-        return out
+            chosen = np.flatnonzero(source == s)
+            parts.append(self.sources[s].take(name, doc[chosen]))
+            where.append(chosen)
+        kinds = {p.type for p in parts}
+        if len(kinds) > 1:  # e.g. string and large_string: one type for the concatenation
+            kind = pa.large_string() if pa.large_string() in kinds else parts[0].type
+            parts = [p.cast(kind) for p in parts]
+        order = np.empty(len(source), dtype=np.int64)
+        order[np.concatenate(where)] = np.arange(len(source))
+        return pa.concat_arrays(parts).take(pa.array(order))
 
 
 _CACHE: dict[tuple[str, ...], TokenStore] = {}

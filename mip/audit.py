@@ -200,8 +200,9 @@ def account(shards: TrainingShards, counts: np.ndarray) -> dict[str, Any]:
     their ids (8 bytes per distinct example).
     """
     n_rows = len(shards)
-    row_tokens = np.zeros(n_rows, dtype=np.int64)
-    row_mip = np.zeros(n_rows, dtype=np.int64)
+    # Per row: at most row_length (<= 65,535) tokens, so int32 (4 bytes a row each, not 8).
+    row_tokens = np.zeros(n_rows, dtype=np.int32)
+    row_mip = np.zeros(n_rows, dtype=np.int32)
     usage: dict[str, _Usage] = {}
     text_tokens: dict[str, int] = {}
     for entry in shards.manifest["shards"]:
@@ -580,24 +581,27 @@ def _contamination(
 
 class _SegmentDescriber:
     """Names a training segment (kind, source, first document) for the contamination report; reads a shard's
-    provenance only when one of its segments matches."""
+    provenance (three columns, kept as Arrow arrays) only when one of its segments matches, and keeps only the
+    last shard read: the scan goes in row order, so matches come shard after shard, and memory stays one
+    shard's columns however many shards match."""
 
     def __init__(self, shards: TrainingShards) -> None:
         self.shards = shards
-        self.tables: dict[int, dict[str, list[Any]]] = {}
+        self.shard: int | None = None
+        self.columns: dict[str, pa.Array] = {}
 
     def __call__(self, shard: int, segment: int, row: int) -> dict[str, Any]:
-        if shard not in self.tables:
+        if shard != self.shard:
             name = self.shards.manifest["shards"][shard]["name"]
             table = pq.read_table(
                 str(self.shards.path / name) + PROVENANCE_SUFFIX, columns=["kind", "source", "doc_ids"]
             )
-            self.tables[shard] = {c: table.column(c).to_pylist() for c in table.column_names}
-        columns = self.tables[shard]
-        doc_ids = columns["doc_ids"][segment]
+            self.shard, self.columns = shard, {c: table.column(c).combine_chunks() for c in table.column_names}
+        columns = self.columns
+        doc_ids = columns["doc_ids"][segment].as_py()
         return {
-            "kind": columns["kind"][segment],
-            "source": columns["source"][segment],
+            "kind": columns["kind"][segment].as_py(),
+            "source": columns["source"][segment].as_py(),
             "doc_id": doc_ids[0] if doc_ids else None,
         }
 

@@ -415,13 +415,22 @@ TIMING_KEYS = ("seconds", "tokens_per_second")
 """Keys of stats.json that measure the run rather than describe its output."""
 
 
-def test_same_seed_same_bytes_for_one_two_and_three_workers(inputs, tmp_path, ray_session):
+def test_same_seed_same_bytes_for_one_two_and_three_workers(inputs, tmp_path, ray_session, monkeypatch):
     # 333 rows: five shards of 64 and a last one of 13, which is also a partial block of the 32-row blocks.
+    import masking.stage as stage
+
+    pools = []
+    ray_pool = stage._RayPool
+    monkeypatch.setattr(stage, "_RayPool", lambda *args: pools.append(args) or ray_pool(*args))
     outputs = {}
     for workers in (1, 2, 3):
         outputs[workers] = tmp_path / f"w{workers}"
-        config = MaskingConfig(seed=5, rows=333, rows_per_shard=64, rows_per_block=32, workers=workers)
+        # ray_min_tokens=0: 333 rows are far below the in-process threshold, and this test is about Ray tasks.
+        config = MaskingConfig(
+            seed=5, rows=333, rows_per_shard=64, rows_per_block=32, workers=workers, ray_min_tokens=0
+        )
         run_masking(inputs / "tokens", outputs[workers], config, mip=inputs / "mip", progress=False)
+    assert [workers for workers, _ in pools] == [2, 3], "workers 2 and 3 built their shards as Ray tasks"
     names = sorted(p.name for p in outputs[1].iterdir())
     assert len([n for n in names if n.endswith(".tokens")]) == 6 and "stats.json" in names
     assert len(TrainingShards(outputs[1])) == 333

@@ -1064,6 +1064,11 @@ def _seconds(result: dict[str, Any], stage: str) -> float | None:
     return next((s["end"] - s["start"] for s in stages if s["stage"] == stage), None)
 
 
+COMPONENT_BYTES_PER_DOC = 60
+"""What the near-dedup components task holds per clustered document (docs/DEDUP.md): forest edge, labels,
+quality, length, offset, survivor, similarity."""
+
+
 def projection(report: dict[str, Any], sizes: tuple[float, ...], cores: tuple[int, ...] = (64, 512, 4096),
                raw_tb: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """GLM-130B's 2.5 TB raw on N cores: the marginal seconds per MB of each stage (1 worker, fitted over the
@@ -1079,27 +1084,22 @@ def projection(report: dict[str, Any], sizes: tuple[float, ...], cores: tuple[in
     total = sum(raw_tb.values()) * 1e12
     docs = sum(raw_tb[s] * 1e12 / MB * report["pools"][s]["docs_per_mb"] for s in raw_tb)
     kept = one["totals"]["docs_out"] / max(one["totals"]["docs_in"], 1)
-    docs_per_mb = large["corpus"]["docs"] / (text / MB)
     parallel = {stage: max(stage_fit(report, sizes, "1 worker", stage)[1], 0.0) / MB
-                for stage in ("ingest: per-file", "mask", "audit")}  # seconds per raw byte on one core
-    serial = {stage: max(stage_fit(report, sizes, "1 worker", stage)[1], 0.0) / docs_per_mb
-              for stage in ("ingest: global dedup", "ingest: final shards")}  # driver seconds per document
-    driver = large.get("dedup_alone", {})
-    per_doc = dedup_bytes_per_doc(report, sizes)
-    bands = next((a["bands"] for a in driver.values() if a.get("bands")), 9)
-    shuffle = docs * (bands * 12 + 24)  # band key u64 + doc offset u32 per band; exact: 16-byte key + u64 doc
+                for stage in ("ingest: per-file", "ingest: global dedup", "ingest: final shards", "mask", "audit")}
+    # seconds per raw byte on one core: dedup and final shards are tasks too (one per file / partition / shard)
+    near = one.get("dedup", {}).get("near", {})
+    clustered = near.get("clustered_docs", 0) / max(near.get("docs", 1), 1)
+    bands = near.get("bands", 9)
+    shuffle = docs * (bands * 12 + 32)  # band key u64 + doc offset u32 per band; exact: 2 x u64 key, doc, offset
     disk = {part: one["bytes"][part] / text for part in ("work", "tokens", "train")}
     rows = []
     for n in cores:
         parallel_h = sum(v * total for v in parallel.values()) / n / 3600
-        serial_h = sum(v * docs for v in serial.values()) / 3600
         rows.append({
-            "cores": n, "documents": docs, "kept share": kept,
-            "parallel stages h (per-file, mask, audit)": parallel_h,
-            "driver-serial stages h (dedup, final shards)": serial_h, "total h": parallel_h + serial_h,
-            "driver dedup GB (in driver)": per_doc.get("in driver", float("nan")) * docs / 1e9,
-            "driver dedup GB (on Ray)": per_doc.get("on Ray (forced)", float("nan")) * docs / 1e9,
-            "shuffle GB": shuffle / 1e9,
+            "cores": n, "documents": docs, "kept share": kept, "clustered share": clustered,
+            "parallel stages h (per-file, dedup, final shards, mask, audit)": parallel_h,
+            "components task GB (one process)": docs * clustered * COMPONENT_BYTES_PER_DOC / 1e9,
+            "shuffle GB (disk)": shuffle / 1e9,
             "work shards TB": disk["work"] * total / 1e12, "token shards TB": disk["tokens"] * total / 1e12,
             "training shards TB": disk["train"] * total / 1e12,
         })

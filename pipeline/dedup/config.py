@@ -38,12 +38,15 @@ class DedupConfig:
     """Shuffle MB per reduce task (32 B per document for exact dedup, 12 B per document and band for
     near dedup) above which the number of partitions grows with the corpus."""
     chunk_docs: int = 32768
+    """Documents per scatter chunk of `run_near_dedup` (the in-process reference driver); the ingest's
+    global pass maps one work shard per task instead."""
     source_priority: list[str] = dataclasses.field(default_factory=lambda: ["wudao", "pile", "crawl"])
     """Order in which sources are numbered for dedup: an exact duplicate keeps the copy of the first
     source listed (curated corpora before crawled copies), and near-duplicate ties go the same way.
     Sources not listed come after, by name."""
     distributed_min_docs: int = 500_000
-    """Below this many documents the global pass runs in the driver: Ray tasks would cost more than they save."""
+    """Below this many documents the global pass and the final-shard writes run their tasks in the driver
+    process (one at a time, memory bounded per task): Ray tasks would cost more than they save."""
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

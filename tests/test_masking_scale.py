@@ -226,3 +226,39 @@ def test_a_string_column_with_nulls_falls_back_to_arrow(tmp_path):
     assert not isinstance(store.sources[0].column("note"), _StringColumn)
     assert store.column(0, "note").to_pylist() == ["a", "b", "c", None, "d"]
     assert store.take(np.zeros(3, np.int64), np.array([3, 0, 4]), "note").to_pylist() == [None, "a", "d"]
+
+
+def _ingest_style_shards(root, odd_one=None):
+    """Two shards whose doc ids are `source:input_file:offset`, as the ingest writes them (two input files),
+    except document `odd_one` (shard, index), whose id is something else."""
+    for number in range(2):
+        with TokenShardWriter(root / "src" / f"src-{number:05d}") as writer:
+            for i in range(5):
+                input_file = f"/data/路径/file-{(number + i) % 2}.jsonl"
+                offset = 1000 * number + 37 * i - (1 if i == 4 else 0)
+                doc_id = "custom-id" if (number, i) == odd_one else f"pile:{input_file}:{offset}"
+                writer.add(np.arange(i + 1, dtype=np.int32), doc_id=doc_id, source="pile",
+                           input_file=input_file, offset=offset)
+    return str(root / "src")
+
+
+def test_ingest_style_doc_ids_are_held_as_prefix_number_and_offset(tmp_path):
+    from masking.store import _PrefixedColumn
+
+    path = _ingest_style_shards(tmp_path)
+    store = TokenStore([path])
+    ids = store.sources[0].column("doc_id")
+    assert isinstance(ids, _PrefixedColumn)
+    assert len(ids.prefixes) == 2 and ids.prefix.dtype == np.int32 and ids.offset.dtype == np.int64
+    expected = TokenShards(path).provenance.column("doc_id").to_pylist()
+    assert store.column(0, "doc_id").to_pylist() == expected
+    docs = np.array([9, 0, 4, 4, 7])
+    taken = store.take(np.zeros(5, np.int64), docs, "doc_id")
+    assert taken.type == pa.string() and taken.to_pylist() == [expected[d] for d in docs]
+
+
+def test_one_doc_id_off_the_pattern_keeps_the_ids_as_strings(tmp_path):
+    path = _ingest_style_shards(tmp_path, odd_one=(1, 3))
+    store = TokenStore([path])
+    assert isinstance(store.sources[0].column("doc_id"), _StringColumn)
+    assert store.column(0, "doc_id").to_pylist() == TokenShards(path).provenance.column("doc_id").to_pylist()

@@ -44,13 +44,14 @@ class ShardJob:
     segments: tuple[Segment, ...]
 
 
-def kept_rows(work_dir: str | Path, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the kept documents, reason code per document) of one work shard."""
+def kept_rows(work_dir: str | Path, dedup: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices of the kept documents, reason code per document, cluster id per document) of one work shard."""
     if dedup:
-        reason, _ = read_decisions(work_dir)
+        reason, cluster = read_decisions(work_dir)
     else:
         reason = np.zeros(read_index(Path(work_dir) / "docs.idx").sequence_count, dtype=np.uint8)
-    return np.flatnonzero(reason == 0), reason
+        cluster = np.full(len(reason), -1, dtype=np.int64)
+    return np.flatnonzero(reason == 0), reason, cluster
 
 
 def plan_source(
@@ -68,7 +69,7 @@ def plan_source(
 
     work_dirs = list(work_dirs)
     for position, work_dir in enumerate(work_dirs):
-        rows, reason = kept_rows(work_dir, dedup)
+        rows, reason, _ = kept_rows(work_dir, dedup)
         drops = {REASONS[code]: int(count) for code, count in enumerate(np.bincount(reason, minlength=len(REASONS)))
                  if code and count}
         lengths = read_index(Path(work_dir) / "docs.idx").lengths[rows].astype(np.int64)
@@ -102,7 +103,7 @@ def write_shard(out: str, dedup: bool, job: ShardJob) -> dict[str, Any]:
     try:
         for segment in job.segments:
             work = Path(segment.work_dir)
-            rows, _ = kept_rows(work, dedup)
+            rows, _, cluster = kept_rows(work, dedup)
             rows = rows[segment.start : segment.stop]
             index = read_index(work / "docs.idx")
             lengths = index.lengths[rows]
@@ -116,11 +117,7 @@ def write_shard(out: str, dedup: bool, job: ShardJob) -> dict[str, Any]:
                 if len(rows) else []
             ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
             table = pq.read_table(work / "docs.provenance.parquet", columns=list(FINAL_COLUMNS)).take(rows)
-            if dedup:
-                cluster = read_decisions(work)[1][rows]
-            else:
-                cluster = np.full(len(rows), -1, dtype=np.int64)
-            table = table.append_column("cluster_id", pa.array(cluster, pa.int64()))
+            table = table.append_column("cluster_id", pa.array(cluster[rows], pa.int64()))
             writer.add_batch(ids, lengths, table)
             for item in table.column("lang").value_counts().to_pylist():
                 langs[item["values"]] += item["counts"]

@@ -1,4 +1,8 @@
-"""Small pieces every stage shares: the error hierarchy, atomic writes, typed configs, progress."""
+"""Small pieces every stage shares: the error hierarchy, atomic writes, typed configs, progress, memory.
+
+Importing this package chooses pyarrow's system memory pool for the process (common/memory.py), which works
+only before pyarrow is imported: so every package of the project imports `common` first.
+"""
 
 from common.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from common.errors import (
@@ -8,6 +12,9 @@ from common.errors import (
     ShardFormatError,
     TokenizerError,
 )
+from common.memory import prefer_system_arrow_pool
+
+prefer_system_arrow_pool()
 
 __all__ = [
     "BadRecordError",

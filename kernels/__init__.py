@@ -4,6 +4,7 @@ Only numpy-level kernels are re-exported here, so `import kernels` stays light; 
 `kernels.glm_attention` / `kernels.rope` (torch) explicitly.
 """
 
+import common  # noqa: F401 - first: it selects pyarrow's system pool, before pyarrow loads (common/memory.py)
 from kernels.attention_mask import dense_attention_mask
 from kernels.reconstruct import (
     RowRecipes,

@@ -3,6 +3,7 @@
 `run_masking(tokens, out, MaskingConfig(...), mip=...)` is the entry point; docs/MASKING.md describes the rules.
 """
 
+import common  # noqa: F401 - first: it selects pyarrow's system pool, before pyarrow loads (common/memory.py)
 from masking.config import MaskingConfig
 
 __all__ = ["MaskingConfig", "run_masking"]

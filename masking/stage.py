@@ -32,6 +32,7 @@ import orjson
 from common.atomic import atomic_write_json
 from common.config import load_config
 from common.errors import ConfigError, ShardFormatError
+from common.memory import stage_memory
 from common.progress import Progress
 from masking.config import MaskingConfig
 from masking.gmask import suffix_histogram
@@ -39,7 +40,7 @@ from masking.mixing import MipStream, TextStream, resolve_weights
 from masking.packing import PlanChunk, Planner
 from masking.segments import Sources, block_generator, build_block
 from masking.stats import SUFFIX_BINS, MaskingStats, render
-from masking.store import open_store
+from masking.store import clear_cache, open_store
 from shards.token_shards import CHECKSUM_SUFFIX, IDX_SUFFIX
 from shards.training_shards import (
     MANIFEST,
@@ -244,6 +245,7 @@ class _RayPool:
 # -------------------------------------------------------------------------------------------------- driver
 
 
+@stage_memory()
 def run_masking(
     tokens: str | Path,
     out: str | Path,
@@ -256,6 +258,24 @@ def run_masking(
     """Build training shards under `out` from the token shards under `tokens` (and MIP shards under `mip`).
 
     Returns the stats report (also written to out/stats.json)."""
+    try:
+        return _run_masking(tokens, out, config, mip, progress=progress, force=force)
+    finally:
+        # This process's stores (per-document lengths, offsets, ids) go with the stage; a Ray worker's are
+        # kept for the next shard task it runs.
+        _SOURCES.clear()
+        clear_cache()
+
+
+def _run_masking(
+    tokens: str | Path,
+    out: str | Path,
+    config: MaskingConfig | None,
+    mip: str | Path | None,
+    *,
+    progress: bool,
+    force: bool,
+) -> dict[str, Any]:
     config = (config or MaskingConfig()).validate()
     out = Path(out)
     names, paths = discover_text_sources(tokens)

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from common.errors import ConfigError
+from common.memory import stage_memory
 from common.progress import Progress
 from mip.plan import PLAN_FILE, read_plan
 from shards.training_shards import KIND_MIP, PROVENANCE_SUFFIX, TrainingShards, read_recipe
@@ -293,6 +294,7 @@ def resolve_policy(plan: dict[str, Any] | None, fail_on: list[str], no_fail_on: 
 # ------------------------------------------------------------------------------------------------ audit
 
 
+@stage_memory()
 def run_audit(config: AuditConfig) -> dict[str, Any]:
     """Audit a step range of a run; returns the summary (DESIGN §6 keys plus details), `exit_code` included."""
     train = Path(config.train)

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json
 from common.errors import ConfigError, GLMCorpusError, TokenizerError
+from common.memory import stage_memory
 from common.progress import Progress
 from mip.caps import CapSelector, DatasetSelection
 from mip.plan import DEFAULT_TOKEN_RATIO, PLAN_FILE, DatasetPlan, Policy, TemplatePlan, build_plan, write_plan
@@ -188,6 +189,7 @@ def _remove_previous_output(out: Path) -> None:
     (out / PLAN_FILE).unlink(missing_ok=True)
 
 
+@stage_memory()
 def run_mip(
     config: MipConfig,
     tokenizer: Tokenizer | None = None,

@@ -39,6 +39,7 @@ from common import storage
 from common.atomic import atomic_write_json
 from common.config import to_dict
 from common.errors import ConfigError, GLMCorpusError
+from common.memory import stage_memory
 from common.progress import Progress
 from pipeline import special_tokens
 from pipeline.dedup.config import DedupConfig
@@ -294,7 +295,7 @@ class FileWorker:
             "seconds": round(time.perf_counter() - started, 3),
         }
         atomic_write_json(work / DONE_FILE, summary)
-        from pipeline.ray_runtime import release_memory
+        from common.memory import release_memory
 
         release_memory()  # a long-lived actor hands each file's freed heap back before the next file
         return summary
@@ -338,13 +339,16 @@ def run_ingest(config: IngestConfig, progress: bool = True, stage: str | None = 
         log.info("resuming: %d of %d files already processed", len(files) - len(pending), len(files))
     phases: dict[str, float] = {}
     if pending:
-        _process_files(config, pending, work_root, progress)
+        with stage_memory():
+            _process_files(config, pending, work_root, progress)
     phases["files"] = time.perf_counter() - started
     summaries = [orjson.loads((work_root / f.key / DONE_FILE).read_bytes()) for f in files]
 
-    dedup = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
+    with stage_memory():
+        dedup = _deduplicate(config, files, work_root, progress) if config.dedup.enabled else None
     phases["dedup"] = time.perf_counter() - started - phases["files"]
-    manifest = _write_final_shards(config, files, summaries, dedup, work_root, out, progress)
+    with stage_memory():
+        manifest = _write_final_shards(config, files, summaries, dedup, work_root, out, progress)
     phases["write"] = time.perf_counter() - started - phases["files"] - phases["dedup"]
     log.info("ingest phases (s): %s", {k: round(v, 2) for k, v in phases.items()})
     manifest["inputs"] = [dataclasses.asdict(f) for f in files]

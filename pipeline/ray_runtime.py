@@ -1,6 +1,6 @@
 """Starting Ray the same way everywhere: embedded by default, an existing cluster with `--ray-address`.
 
-Two settings apply to every Ray worker process this module starts:
+Three settings apply to every Ray worker process this module starts:
 
 - **glibc malloc arenas** (`MALLOC_ARENA_MAX=2`, `WORKER_ENV`). A Ray worker runs its tasks beside a dozen
   C++ threads (gRPC, the core worker's io loops) and glibc gives each thread that allocates its own arena,
@@ -10,20 +10,20 @@ Two settings apply to every Ray worker process this module starts:
   A value already in the environment wins. Embedded mode puts it in the environment of the Ray daemons it
   starts (workers inherit it); cluster mode passes it as the job's `runtime_env` env_vars, since the
   cluster's daemons were started by `ray start` (a runtime_env costs its first worker a few seconds).
+- **pyarrow's system pool** (`ARROW_DEFAULT_MEMORY_POOL=system`, in `WORKER_ENV` the same way): mimalloc's
+  per-thread heaps keep growing with the number of parquet files a process reads (common/memory.py).
 - **Object spilling** (embedded mode) goes to `spill_directory()`: `GLM_CORPUS_SPILL_DIR`, else
   `<Ray's temp dir>/spill` (`$RAY_TMPDIR/ray/spill`, `$TMPDIR/ray/spill` or `/tmp/ray/spill`). Ray writes
   into a `ray_spilled_objects_<node id>` folder there and removes it when the runtime shuts down cleanly.
   A cluster spills where its `ray start` said.
 
-`release_memory()` hands freed heap back to the OS (malloc_trim and pyarrow's pool); optional, between
-tasks of a long-lived actor: it lowers the memory an idle actor holds, not the peak during a task.
+`common.memory.release_memory()` hands freed heap back to the OS (malloc_trim and pyarrow's pool);
+between tasks of a long-lived actor it lowers the memory an idle actor holds, not the peak during a task.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import inspect
 import json
 import logging
@@ -33,9 +33,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.memory import ARROW_POOL, ARROW_POOL_ENV
+
 log = logging.getLogger(__name__)
 
-WORKER_ENV = {"MALLOC_ARENA_MAX": "2"}
+WORKER_ENV = {"MALLOC_ARENA_MAX": "2", ARROW_POOL_ENV: ARROW_POOL}
 """Environment of every Ray worker process (see the module docstring); os.environ's own value wins."""
 SPILL_DIR_ENV = "GLM_CORPUS_SPILL_DIR"
 
@@ -57,34 +59,6 @@ def spill_directory() -> Path:
     else:
         system_tmp = "/tmp"
     return Path(system_tmp) / "ray" / "spill"
-
-
-def release_memory() -> None:
-    """Return freed heap to the OS: glibc `malloc_trim(0)` and pyarrow's pool `release_unused()`.
-
-    Cheap (milliseconds); meant between tasks of a long-lived actor. Does nothing where glibc is absent.
-    """
-    if "pyarrow" in sys.modules:
-        sys.modules["pyarrow"].default_memory_pool().release_unused()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-_LIBC: list[Any] = []
-
-
-def _libc() -> Any:
-    if not _LIBC:
-        lib = None
-        if sys.platform.startswith("linux"):
-            try:
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                lib.malloc_trim  # noqa: B018 - musl has no malloc_trim
-            except (OSError, AttributeError):
-                lib = None
-        _LIBC.append(lib)
-    return _LIBC[0]
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ interop layers users' own tools read them through (a torch IterableDataset, a Pa
 
 from typing import Any
 
+import common  # noqa: F401 - first: it selects pyarrow's system pool, before pyarrow loads (common/memory.py)
 from shards.token_shards import TokenShards, TokenShardWriter
 from shards.training_shards import TrainingShards, verify_training_shards
 

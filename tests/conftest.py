@@ -15,20 +15,17 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import common  # noqa: E402, F401 - before any test imports pyarrow: the system Arrow pool, as in production
+
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray runtime shared by every test that needs one (2 CPUs, 128 MB object store)."""
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=128 * 1024 * 1024,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    yield ray
+    """A local Ray runtime shared by every test that needs one (2 CPUs, 128 MB object store), started by
+    `ensure_ray` as the stages start it (worker environment, spill directory)."""
+    pytest.importorskip("ray")
+    from pipeline.ray_runtime import ensure_ray
+
+    yield ensure_ray(2, object_store_mb=128)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""pipeline.ray_runtime: Ray workers get the malloc arena limit, and embedded Ray spills where we say.
+"""pipeline.ray_runtime: Ray workers get the malloc arena limit and the system Arrow pool, and embedded Ray
+spills where we say.
 
 The Ray checks run in one fresh Python process (one `ensure_ray`, ~5 s), since the test session may already
 have a Ray runtime up without these settings (conftest's `ray_session`), which `ensure_ray` would return.
@@ -62,6 +63,11 @@ CHILD = textwrap.dedent(
         return os.environ.get("MALLOC_ARENA_MAX")
 
     @ray.remote
+    def task_arrow_pool():
+        import pyarrow as pa
+        return pa.default_memory_pool().backend_name
+
+    @ray.remote
     class Actor:
         def env(self):
             return os.environ.get("MALLOC_ARENA_MAX")
@@ -73,6 +79,8 @@ CHILD = textwrap.dedent(
     result = {
         "driver_env_after": os.environ.get("MALLOC_ARENA_MAX"),
         "task_env": ray.get(task_env.remote()),
+        "task_arrow_pool": ray.get(task_arrow_pool.remote()),
+        "driver_arrow_pool_env_after": os.environ.get("ARROW_DEFAULT_MEMORY_POOL"),
         "actor_env": ray.get(actor.env.remote()),
         "actor_arenas": ray.get(actor.arenas.remote(threads)),
         "driver_arenas": arenas_after_threads(threads),
@@ -97,7 +105,7 @@ def embedded(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc malloc arenas and malloc_info are Linux-only")
     spill = tmp_path_factory.mktemp("spill")
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", ray_runtime.SPILL_DIR_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "ARROW_DEFAULT_MEMORY_POOL", ray_runtime.SPILL_DIR_ENV)}
     env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(spill), str(STORE_MB), str(OBJECTS), str(OBJECT_MB), str(THREADS)],
@@ -114,6 +122,13 @@ def test_workers_get_the_arena_limit_and_the_driver_env_is_restored(embedded):
     assert result["task_env"] == "2"
     assert result["actor_env"] == "2"
     assert result["driver_env_after"] is None  # set only while ray.init starts the daemons
+
+
+@pytest.mark.ray
+def test_workers_allocate_arrow_buffers_from_the_system_pool(embedded):
+    _, result, _ = embedded
+    assert result["task_arrow_pool"] == "system"  # pyarrow's own default here is mimalloc or jemalloc
+    assert result["driver_arrow_pool_env_after"] == "system"  # importing `common` set it for the process
 
 
 @pytest.mark.ray
@@ -139,9 +154,10 @@ def test_objects_beyond_the_store_spill_to_the_configured_directory_and_read_bac
 
 def test_worker_env_keeps_a_value_already_set(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert ray_runtime.worker_env() == {"MALLOC_ARENA_MAX": "2"}
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    assert ray_runtime.worker_env() == {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"}
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert ray_runtime.worker_env() == {"MALLOC_ARENA_MAX": "4"}
+    assert ray_runtime.worker_env() == {"MALLOC_ARENA_MAX": "4", "ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
 def test_spill_directory_default_and_override(monkeypatch, tmp_path):
@@ -166,5 +182,7 @@ def test_environ_is_restored_after_the_block(monkeypatch):
 
 def test_release_memory_runs():
     pytest.importorskip("pyarrow")
-    ray_runtime.release_memory()
-    ray_runtime.release_memory()
+    from common.memory import release_memory
+
+    release_memory()
+    release_memory()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cli import main as cli_main
 from common.errors import ShardFormatError
+from shards import token_shards
 from shards.token_shards import (
     INDEX_MAGIC,
     TokenShards,
@@ -18,6 +19,7 @@ from shards.token_shards import (
     read_index,
     shard_files,
     verify_token_shard,
+    write_index,
 )
 from shards.verify import verify_directory
 
@@ -74,6 +76,24 @@ def test_index_header_fields(tmp_path):
     assert int.from_bytes(raw[26:34], "little") == 3
     index = read_index(shard_files(prefix)["idx"])
     assert list(index.pointers) == [0, 12]
+
+
+@pytest.mark.parametrize("count", [0, 1, 6, 7, 8, 20])
+def test_index_written_in_chunks_has_megatrons_layout(tmp_path, monkeypatch, count):
+    """`write_index` streams its arrays a chunk at a time (7 documents here): every chunk boundary must give
+    the pointers and document indices of the whole-array definition, byte for byte."""
+    monkeypatch.setattr(token_shards, "INDEX_WRITE_CHUNK", 7)
+    lengths = np.random.default_rng(count).integers(0, 5000, size=count).astype(np.int32)
+    write_index(tmp_path / "x.idx", lengths)
+    raw = (tmp_path / "x.idx").read_bytes()
+    header = 34
+    assert len(raw) == header + 4 * count + 8 * count + 8 * (count + 1)
+    pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * 4)[:-1]]) if count else np.zeros(0)
+    assert raw[header:] == (lengths.astype("<i4").tobytes() + pointers.astype("<i8").tobytes()
+                            + np.arange(count + 1, dtype="<i8").tobytes())
+    index = read_index(tmp_path / "x.idx")
+    np.testing.assert_array_equal(index.lengths, lengths)
+    np.testing.assert_array_equal(index.pointers, pointers)
 
 
 def test_directory_reader_concatenates_shards_in_path_order(tmp_path):

@@ -1,6 +1,9 @@
 """Keeping a long process's heap from growing with the number of files it has read.
 
-Two measures, applied by every stage (`stage_memory()` around its work) and in every Ray worker:
+Two measures: the pool setting reaches every process (the driver through this package's import, Ray workers
+through `pipeline.ray_runtime.WORKER_ENV`); the release runs at the end of every stage (`stage_memory()`),
+after each task a stage runs in the driver (`releasing_map`), after each file in the ingest's actors, and
+between the shards or work files of the loops that read many of them (final shards, the audit):
 
 - **pyarrow allocates from the system allocator** (glibc malloc), not its bundled mimalloc. mimalloc keeps
   freed pages in per-thread heaps for reuse, and Arrow's reader threads leave each parquet file's buffers in
@@ -14,6 +17,8 @@ Two measures, applied by every stage (`stage_memory()` around its work) and in e
   `common` before anything imports pyarrow. A value already set is the user's choice and is kept; Ray
   workers get it through `pipeline.ray_runtime.WORKER_ENV`; a program that imported pyarrow before this
   project still gets the Python-side switch from `stage_memory()`.
+- **Long-lived per-document tables in their own mappings** (`table_array`), outside the heap that the
+  stage's short-lived arrays fragment.
 - **`release_memory()`** at the end of a stage (and after each file in a long-lived actor): glibc's
   `malloc_trim(0)` and the pool's `release_unused()` hand freed heap back to the OS, so the next stage in
   the same process (`glm-corpus demo`, a benchmark's chain) starts from what is live, not from the
@@ -26,10 +31,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import mmap
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 ARROW_POOL = "system"
@@ -50,6 +61,27 @@ def use_system_arrow_pool() -> None:
 
     if pa.default_memory_pool().backend_name != ARROW_POOL:
         pa.set_memory_pool(pa.system_memory_pool())
+
+
+def table_array(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array in its own anonymous mapping, for a table that lives as long as its stage (per-document
+    lengths, offsets, ids, permutations).
+
+    glibc serves big allocations by mmap only until the first such block is freed; from then on it raises its
+    threshold to that block's size and serves later arrays from the heap. A long-lived table placed there pins
+    the heap around it, so the freed blocks of the stage's many short-lived arrays stay with the process:
+    `malloc_trim` can return only whole free pages, and a table sits in the middle. In its own mapping it
+    leaves the heap to short-lived arrays (and goes back to the OS whole when dropped)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    if count * dtype.itemsize < TABLE_MMAP_MIN:
+        return np.zeros(shape, dtype)
+    buffer = mmap.mmap(-1, count * dtype.itemsize)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+TABLE_MMAP_MIN = 1 << 20
+"""Below this many bytes `table_array` uses a plain numpy allocation (a mapping per tiny table is waste)."""
 
 
 def release_memory() -> None:
@@ -73,6 +105,19 @@ def stage_memory() -> Iterator[None]:
     finally:
         gc.collect()  # cycles (Arrow tables held by tracebacks, say) before the trim, or it frees less
         release_memory()
+
+
+def releasing_map(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """`map` in this process that hands freed heap back after each call (`release_memory`).
+
+    For a stage that runs its tasks one after another in the driver (global dedup, final shards and masking
+    below their Ray thresholds): the heap each task leaves freed but fragmented would otherwise pile up over
+    hundreds of tasks. Masking over 670k documents (31 training shards) in one process: the heap between
+    shards crept 130 -> 146 MB without it, and the stage's peak fell 143 -> 133 MB with it."""
+    for item in items:
+        result = function(item)
+        release_memory()
+        yield result
 
 
 _LIBC: list[Any] = []

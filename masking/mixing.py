@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.errors import ConfigError
+from common.memory import table_array
 
 
 def permutation(n: int, *key: int) -> np.ndarray:
@@ -37,7 +38,8 @@ def permutation(n: int, *key: int) -> np.ndarray:
     int32 while n fits (4 bytes a document): the same order as `generator.permutation(n)`, whose int64
     `arange` is shuffled by the same draws (the shuffle's random numbers do not depend on the item size)."""
     generator = np.random.Generator(np.random.Philox(np.random.SeedSequence(list(key))))
-    order = np.arange(n, dtype=np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    order = table_array(n, np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    order[...] = np.arange(n, dtype=order.dtype)
     generator.shuffle(order)
     return order
 

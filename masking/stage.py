@@ -32,7 +32,7 @@ import orjson
 from common.atomic import atomic_write_json
 from common.config import load_config
 from common.errors import ConfigError, ShardFormatError
-from common.memory import stage_memory
+from common.memory import releasing_map, stage_memory
 from common.progress import Progress
 from masking.config import MaskingConfig
 from masking.gmask import suffix_histogram
@@ -202,11 +202,13 @@ def build_shard(job: ShardJob) -> dict[str, Any]:
 
 
 class _InProcess:
+    """Shards built in this process, one after another, handing freed heap back after each."""
+
     def __init__(self) -> None:
         self.results: list[dict[str, Any]] = []
 
     def submit(self, job: ShardJob) -> None:
-        self.results.append(build_shard(job))
+        self.results.extend(releasing_map(build_shard, [job]))
 
     def drain(self, wait_all: bool) -> list[dict[str, Any]]:
         done, self.results = self.results, []

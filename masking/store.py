@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.errors import ShardFormatError
+from common.memory import table_array
 from kernels.ranges import concatenated_ranges as _ranges
 from shards.token_shards import BIN_SUFFIX, IDX_SUFFIX, PROVENANCE_SUFFIX, TokenShards, read_index
 
@@ -41,8 +42,8 @@ class _StringColumn:
     Arrow arrays would make, and no Python object per document."""
 
     def __init__(self, total: int, capacity: int) -> None:
-        self.offsets = np.zeros(total + 1, dtype=np.int64)
-        self.data = np.empty(max(capacity, 1), dtype=np.uint8)
+        self.offsets = table_array(total + 1, np.int64)
+        self.data = table_array(max(capacity, 1), np.uint8)
         self.filled = 0  # documents so far
 
     def append(self, part: pa.Array) -> None:
@@ -84,8 +85,8 @@ class _PrefixedColumn:
     ids themselves (~70 bytes each here, they embed the input path) are rebuilt only for the documents taken."""
 
     def __init__(self, total: int) -> None:
-        self.prefix = np.zeros(total, dtype=np.int32)
-        self.offset = np.zeros(total, dtype=np.int64)
+        self.prefix = table_array(total, np.int32)
+        self.offset = table_array(total, np.int64)
         self.prefixes: list[str] = []
         self._number: dict[str, int] = {}
         self.filled = 0
@@ -160,15 +161,17 @@ class _Source:
     @cached_property
     def lengths(self) -> np.ndarray:
         """Tokens per document over all shards, int32 (the `.idx` dtype)."""
-        parts = [np.asarray(index.lengths, dtype=np.int32) for index in self.indexes]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        out = table_array(len(self), np.int32)
+        for index, lo, hi in zip(self.indexes, self.starts[:-1].tolist(), self.starts[1:].tolist()):
+            out[lo:hi] = index.lengths
+        return out
 
     @cached_property
     def doc_token(self) -> np.ndarray:
         """Offset of each document's first token in its shard's `.bin`, in tokens (int32 when they fit)."""
         largest = max((int(a.size) for a in self.arrays), default=0)
         dtype = np.int32 if largest <= _INT32_MAX else np.int64
-        out = np.empty(len(self), dtype=dtype)
+        out = table_array(len(self), dtype)
         for index, lo, hi in zip(self.indexes, self.starts[:-1].tolist(), self.starts[1:].tolist()):
             np.floor_divide(index.pointers, 4, out=out[lo:hi], casting="unsafe")
         return out

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from common.errors import ConfigError
-from common.memory import stage_memory
+from common.memory import release_memory, stage_memory
 from common.progress import Progress
 from mip.plan import PLAN_FILE, read_plan
 from shards.training_shards import KIND_MIP, PROVENANCE_SUFFIX, TrainingShards, read_recipe
@@ -206,7 +206,9 @@ def account(shards: TrainingShards, counts: np.ndarray) -> dict[str, Any]:
     row_mip = np.zeros(n_rows, dtype=np.int32)
     usage: dict[str, _Usage] = {}
     text_tokens: dict[str, int] = {}
-    for entry in shards.manifest["shards"]:
+    for number, entry in enumerate(shards.manifest["shards"]):
+        if number:
+            release_memory()  # the previous shard's tables: freed, but fragmented over Arrow's threads
         prefix = shards.path / entry["name"]
         recipe = read_recipe(str(prefix) + ".recipe")
         first_row = recipe.first_row

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from common.memory import release_memory
 from kernels.ranges import concatenated_ranges as _ranges
 from mip.eval_sets import EvalSet
 from pipeline.special_tokens import (
@@ -589,8 +590,12 @@ def scan_rows(
     stats = ScanStats()
     started = time.perf_counter()
     rows = np.asarray(rows, dtype=np.int64)
+    shard = -1
     for chunk in iter_row_batches(rows, batch_rows):
         recipes, owner_shard, owner_index = shards.recipes(chunk)
+        if len(owner_shard) and owner_shard[-1] != shard:  # into another shard: hand back what the last left
+            shard = int(owner_shard[-1])
+            release_memory()
         hashes, segment = batch_ngrams(recipes, vocab, index.n, EOD)
         found = index.probe(hashes)
         stats.rows += len(chunk)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.memory import release_memory
 from pipeline.dedup.global_dedup import REASONS, read_decisions
 from shards.token_shards import TokenShardWriter, read_index
 
@@ -121,7 +122,8 @@ def write_shard(out: str, dedup: bool, job: ShardJob) -> dict[str, Any]:
             writer.add_batch(ids, lengths, table)
             for item in table.column("lang").value_counts().to_pylist():
                 langs[item["values"]] += item["counts"]
-            del tokens, pieces, ids
+            del tokens, pieces, ids, table
+            release_memory()  # one work shard's arrays and Arrow buffers: freed, not yet handed back
     except BaseException:
         writer.abort()
         raise

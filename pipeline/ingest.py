@@ -39,7 +39,7 @@ from common import storage
 from common.atomic import atomic_write_json
 from common.config import to_dict
 from common.errors import ConfigError, GLMCorpusError
-from common.memory import stage_memory
+from common.memory import releasing_map, stage_memory
 from common.progress import Progress
 from pipeline import special_tokens
 from pipeline.dedup.config import DedupConfig
@@ -548,7 +548,7 @@ def _write_final_shards(
 
     kept = sum(summary["docs_kept"] for summary in summaries)
     distributed = config.workers > 1 and kept >= config.dedup.distributed_min_docs
-    mapper = ray_map(config.workers) if distributed else map
+    mapper = ray_map(config.workers) if distributed else releasing_map
     job_sources: deque[str] = deque()
     with Progress("write shards", total=len(files), unit="file", enabled=progress) as bar:
 

@@ -116,7 +116,7 @@ def test_threshold_config_and_flag():
 
 
 def test_int32_permutation_is_generator_permutation():
-    for n in (0, 1, 2, 17, 1000, 70_001):
+    for n in (0, 1, 2, 17, 1000, 70_001, 300_007):  # the last one in its own mapping (common.memory.table_array)
         for key in ((0, 0, 0), (9, 2, 5), (0, 1 << 20, 3)):
             generator = np.random.Generator(np.random.Philox(np.random.SeedSequence(list(key))))
             order = permutation(n, *key)

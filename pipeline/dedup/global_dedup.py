@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_path
 from common.errors import GLMCorpusError
+from common.memory import releasing_map
 from common.progress import Progress
 from pipeline.dedup import shuffle
 from pipeline.dedup.cluster import (
@@ -161,7 +162,7 @@ def deduplicate_work_shards(
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(starts[-1])
     distributed = workers > 1 and n >= config.distributed_min_docs
-    mapper = map_fn or (ray_map(workers) if distributed else map)
+    mapper = map_fn or (ray_map(workers) if distributed else releasing_map)
     params = banding(config.threshold, config.num_perm, config.bands or None, config.rows or None,
                      config.false_positive_weight, config.false_negative_weight)
     budget = max(1, config.partition_mb) << 20

@@ -768,8 +768,9 @@ def _dedup_host(configs: list[str]) -> str | None:
 
 def measure_all(quick: bool = False, sizes: tuple[float, ...] | None = None, plots: Path | None = None,
                 seed: int = 12, json_path: Path | None = None, configs: tuple[str, ...] | None = None,
-                cluster_at: float | None = None) -> tuple[list, list, list, dict[str, Any]]:
-    """(stage rows, acceptance rows, projection rows, everything measured)."""
+                cluster_at: float | None = None, keep: Path | None = None) -> tuple[list, list, list, dict[str, Any]]:
+    """(stage rows, acceptance rows, projection rows, everything measured). With `keep`, the raw corpora and
+    every configuration's outputs are left in that directory (else a temporary one, removed)."""
     sizes = tuple(sorted(sizes or (QUICK_SIZES_MB if quick else SIZES_MB)))
     configs = tuple(configs or CONFIGS)
     cluster_at = sizes[0] if cluster_at is None else cluster_at
@@ -783,7 +784,9 @@ def measure_all(quick: bool = False, sizes: tuple[float, ...] | None = None, plo
         print(f"note: --cluster-at {cluster_at:g} MB is not one of the sizes: no 2-node cluster run", flush=True)
     print(f"plan: {'; '.join(f'{size:g} MB: ' + ', '.join(names) for size, names in planned.items())}; "
           f"estimated ~{estimate_seconds(planned) / 60:.0f} min on an idle 2-core machine", flush=True)
-    root = Path(tempfile.mkdtemp(prefix="gs", dir="/tmp"))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    root = keep if keep is not None else Path(tempfile.mkdtemp(prefix="gs", dir="/tmp"))
     try:
         pools = load_pools()
         shared = prepare_shared_inputs(root, pools)
@@ -831,9 +834,11 @@ def measure_all(quick: bool = False, sizes: tuple[float, ...] | None = None, plo
                                   f"anonymous +{_dedup_growth(alone):.1f} MB", flush=True)
                 result.pop("sampler")
                 entry["configs"][name] = result
-                shutil.rmtree(out, ignore_errors=True)
+                if keep is None:
+                    shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(root / "dedup-alone", ignore_errors=True)
-            shutil.rmtree(raw, ignore_errors=True)
+            if keep is None:
+                shutil.rmtree(raw, ignore_errors=True)
         report["seconds"] = time.perf_counter() - run_started
         checks = _summary_rows(report, sizes)
         memory = stage_memory_rows(rows, sizes)
@@ -846,7 +851,8 @@ def measure_all(quick: bool = False, sizes: tuple[float, ...] | None = None, plo
                                              "projection": projected, "report": report}, indent=1, default=str))
         return rows, checks, projected, report
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _measure_dedup_alone(raw: Path, out: Path, root: Path, workers: int) -> dict[str, Any]:
@@ -1261,6 +1267,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "default sizes)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="generate the corpora and write every output in DIR, and leave them there")
     parser.add_argument("--replot", type=Path, metavar="JSON",
                         help="only redraw the plots (and print the tables) from a --json file")
     parser.add_argument("--chain", help=argparse.SUPPRESS)
@@ -1280,7 +1288,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = resolve_configs(args.configs)
     rows, checks, projected, report = measure_all(
         quick=args.quick, sizes=tuple(args.sizes) if args.sizes else None, plots=args.plots, seed=args.seed,
-        json_path=args.json, configs=configs, cluster_at=args.cluster_at)
+        json_path=args.json, configs=configs, cluster_at=args.cluster_at, keep=args.keep)
     sizes = tuple(sorted(report["sizes"]))
     print_tables(rows, checks, stage_memory_rows(rows, sizes), projected, report)
     print(f"\n(measured in {report['seconds'] / 60:.1f} min)")
